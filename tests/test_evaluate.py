@@ -1,0 +1,227 @@
+"""Tests for lejepa_tune.evaluate: probes on synthetic features, RankMe, feature extraction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lejepa_tune.evaluate import extract_features, knn_accuracy, linear_probe_accuracy, rankme
+
+
+def clusters(n_per_class: int, num_classes: int = 4, dim: int = 16, seed: int = 0):
+    """Well-separated Gaussian blobs: features (C * n, dim), labels (C * n,)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 10.0 * torch.eye(num_classes, dim)  # pairwise distance ~14 vs noise std 1
+    y = torch.arange(num_classes).repeat_interleave(n_per_class)
+    x = centres[y] + torch.randn(len(y), dim, generator=g)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def separable():
+    train_x, train_y = clusters(50, seed=0)
+    val_x, val_y = clusters(25, seed=1)
+    return train_x, train_y, val_x, val_y
+
+
+@pytest.fixture(scope="module")
+def random_labels():
+    # Pure noise features with labels independent of them: nothing to learn, chance = 0.25.
+    g = torch.Generator().manual_seed(2)
+    train_x, val_x = torch.randn(400, 16, generator=g), torch.randn(800, 16, generator=g)
+    train_y = torch.randint(0, 4, (400,), generator=g)
+    val_y = torch.randint(0, 4, (800,), generator=g)
+    return train_x, train_y, val_x, val_y
+
+
+def imbalanced_labels(n: int) -> torch.Tensor:
+    """70 % class 0, 30 % spread over classes 1..3: a constant predictor scores 0.7."""
+    y = torch.zeros(n, dtype=torch.long)
+    y[int(0.7 * n) :] = torch.arange(n - int(0.7 * n)) % 3 + 1
+    return y
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+def test_linear_probe_separable_is_perfect(separable):
+    assert linear_probe_accuracy(*separable) == pytest.approx(1.0, abs=0.01)
+
+
+def test_linear_probe_random_labels_is_chance(random_labels):
+    acc = linear_probe_accuracy(*random_labels)
+    assert 0.15 < acc < 0.35
+
+
+@pytest.mark.parametrize("fill", [0.0, 3.0, math.nan])
+def test_linear_probe_collapsed_predicts_majority(fill):
+    # Constant (or NaN, i.e. diverged) features carry no information: the intercept alone
+    # predicts the majority class, which is 70 % of the val set.
+    train_y, val_y = imbalanced_labels(100), imbalanced_labels(50)
+    train_x, val_x = torch.full((100, 8), fill), torch.full((50, 8), fill)
+    assert linear_probe_accuracy(train_x, train_y, val_x, val_y) == pytest.approx(0.7)
+
+
+def test_linear_probe_single_train_class():
+    x = torch.randn(10, 4)
+    val_y = torch.tensor([0, 0, 0, 1])
+    acc = linear_probe_accuracy(x, torch.zeros(10, dtype=torch.long), x[:4], val_y)
+    assert acc == pytest.approx(0.75)
+
+
+def test_linear_probe_rejects_bad_shapes(separable):
+    train_x, train_y, val_x, val_y = separable
+    with pytest.raises(ValueError, match="train_y"):
+        linear_probe_accuracy(train_x, train_y[:-1], val_x, val_y)
+    with pytest.raises(ValueError, match="feature dims"):
+        linear_probe_accuracy(train_x, train_y, val_x[:, :3], val_y)
+
+
+# --------------------------------------------------------------------------- kNN
+
+
+def test_knn_separable_is_perfect(separable):
+    assert knn_accuracy(*separable) == pytest.approx(1.0)
+
+
+def test_knn_random_labels_is_chance(random_labels):
+    acc = knn_accuracy(*random_labels)
+    assert 0.15 < acc < 0.35
+
+
+def test_knn_chunking_does_not_change_the_result(random_labels):
+    # Chunk sizes that do and do not divide N_val must give the same predictions.
+    full = knn_accuracy(*random_labels, chunk_size=10_000)
+    assert knn_accuracy(*random_labels, chunk_size=7) == full
+    assert knn_accuracy(*random_labels, chunk_size=1) == full
+
+
+def test_knn_k_is_clamped_to_train_size(separable):
+    train_x, train_y, val_x, val_y = separable
+    acc = knn_accuracy(train_x[:5], train_y[:5], val_x, val_y, k=20)
+    # The first 5 train rows are all class 0, so every val row is predicted class 0.
+    assert acc == pytest.approx((val_y == 0).float().mean().item())
+
+
+def test_knn_weighting_prefers_nearest_neighbour():
+    # One very close class-1 neighbour vs two farther class-0 neighbours: with a sharp
+    # temperature exp(s / T) lets the close one win; a very flat one makes it a 2-vs-1 vote.
+    train_x = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    train_y = torch.tensor([1, 0, 0])
+    val_x, val_y = torch.tensor([[1.0, 0.05]]), torch.tensor([1])
+    assert knn_accuracy(train_x, train_y, val_x, val_y, k=3, temperature=0.07) == 1.0
+    assert knn_accuracy(train_x, train_y, val_x, val_y, k=3, temperature=1e6) == 0.0
+
+
+@pytest.mark.parametrize("fill", [0.0, 2.0, math.nan])
+def test_knn_collapsed_does_not_crash(fill):
+    train_y, val_y = imbalanced_labels(100), imbalanced_labels(50)
+    train_x, val_x = torch.full((100, 8), fill), torch.full((50, 8), fill)
+    acc = knn_accuracy(train_x, train_y, val_x, val_y)
+    assert 0.0 <= acc <= 1.0
+    # With every train row a neighbour, all similarities tie and the vote is the majority.
+    assert knn_accuracy(train_x, train_y, val_x, val_y, k=100) == pytest.approx(0.7)
+
+
+# --------------------------------------------------------------------------- RankMe
+
+
+def test_rankme_rank_one_is_one():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 1, generator=g) @ torch.randn(1, 64, generator=g)  # (200, 64), rank 1
+    assert rankme(x) == pytest.approx(1.0, abs=0.01)
+
+
+def test_rankme_isotropic_gaussian_is_full_rank():
+    d = 32
+    x = torch.randn(4000, d, generator=torch.Generator().manual_seed(0))
+    # Singular values are sqrt(N) * (1 ± sqrt(D / N)): nearly equal, so the entropy is close
+    # to log D (measured ≈ 31.9 for D = 32).
+    assert 0.95 * d < rankme(x) <= d + 1e-6
+
+
+def test_rankme_counts_the_rank_of_a_low_rank_matrix():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(64, 5, generator=g))  # 5 orthonormal columns
+    x = torch.randn(2000, 5, generator=g) @ q.T  # (2000, 64), isotropic in a 5-dim subspace
+    assert rankme(x) == pytest.approx(5.0, abs=0.3)
+
+
+def test_rankme_is_scale_invariant():
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    assert rankme(1e3 * x) == pytest.approx(rankme(x), rel=1e-9)
+    assert rankme(1e-3 * x) == pytest.approx(rankme(x), rel=1e-9)
+
+
+def test_rankme_degenerate_inputs():
+    assert rankme(torch.zeros(50, 8)) == pytest.approx(1.0, abs=1e-3)
+    bad = torch.randn(50, 8)
+    bad[3, 2] = math.inf
+    assert math.isnan(rankme(bad))
+    with pytest.raises(ValueError):
+        rankme(torch.randn(4, 3, 2))
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+class ModeRecorder(nn.Module):
+    """Flatten + Linear that records the train flag it saw on each forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(12, 5)
+        self.seen_training: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen_training.append(self.training)
+        return self.linear(x.flatten(1))
+
+
+@pytest.fixture
+def loader():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(30, 3, 2, 2, generator=g)
+    labels = torch.randint(0, 10, (30,), generator=g, dtype=torch.int32)
+    return DataLoader(TensorDataset(images, labels), batch_size=8)
+
+
+def test_extract_features_shapes_and_values(loader):
+    enc = ModeRecorder().train()
+    feats, labels = extract_features(enc, loader, torch.device("cpu"))
+    images, expected = loader.dataset.tensors
+    assert feats.shape == (30, 5) and feats.dtype == torch.float32 and feats.device.type == "cpu"
+    assert labels.shape == (30,) and labels.dtype == torch.int64
+    assert torch.equal(labels, expected.long())
+    with torch.no_grad():
+        assert torch.allclose(feats, enc.linear(images.flatten(1)))
+    assert not feats.requires_grad
+    # Ran in eval mode, and the previous (train) mode is back afterwards.
+    assert enc.seen_training == [False] * 4
+    assert enc.training and enc.linear.training
+
+
+def test_extract_features_restores_mixed_submodule_modes(loader):
+    enc = ModeRecorder().train()
+    enc.linear.eval()  # e.g. a deliberately frozen submodule
+    extract_features(enc, loader, torch.device("cpu"))
+    assert enc.training and not enc.linear.training
+    enc.eval()
+    extract_features(enc, loader, torch.device("cpu"))
+    assert not enc.training
+
+
+def test_extract_features_autocast_returns_float32(loader):
+    feats, _ = extract_features(
+        ModeRecorder(), loader, torch.device("cpu"), autocast_dtype=torch.bfloat16
+    )
+    assert feats.dtype == torch.float32 and feats.shape == (30, 5)
+
+
+def test_extract_features_rejects_non_2d_output(loader):
+    with pytest.raises(ValueError, match=r"\(B, D\)"):
+        extract_features(nn.Identity(), loader, torch.device("cpu"))
