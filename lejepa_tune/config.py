@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,10 +33,12 @@ __all__ = [
     "TrainConfig",
     "EvalConfig",
     "Config",
+    "build_dataclass",
     "load_config",
     "config_from_dict",
     "config_to_dict",
     "flatten_dict",
+    "to_plain",
     "parse_overrides",
     "apply_overrides",
     "read_yaml",
@@ -121,20 +124,27 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ViewsConfig:
-    """Multi-crop views: ``n_global`` crops at ``global_size`` plus ``n_local`` small crops."""
+    """Multi-crop views: ``n_global`` crops at ``global_size`` plus ``n_local`` small crops.
+
+    The defaults suit the bundled digits: a flipped or solarised digit is another digit and
+    colour means nothing on grayscale. The official recipe for natural images is
+    ``global_scale: [0.3, 1.0]``, ``jitter_prob: 0.8``, ``grayscale_prob: 0.2``,
+    ``blur_prob: 0.5``, ``solarize_prob: 0.2``, ``hflip_prob: 0.5`` (see
+    ``search_spaces/imagenette_vits8.yaml``).
+    """
 
     n_global: int = field(default=2, metadata=_check(_positive, "an integer >= 1"))
     n_local: int = field(default=0, metadata=_check(_non_negative, "an integer >= 0"))
     global_size: int = field(default=32, metadata=_check(_positive, "an integer > 0"))
     local_size: int = field(default=16, metadata=_check(_positive, "an integer > 0"))
-    global_scale: tuple[float, float] = field(default=(0.3, 1.0), metadata=_check(_scale_range, "[lo, hi] with 0 < lo <= hi <= 1"))
+    global_scale: tuple[float, float] = field(default=(0.4, 1.0), metadata=_check(_scale_range, "[lo, hi] with 0 < lo <= hi <= 1"))
     local_scale: tuple[float, float] = field(default=(0.05, 0.3), metadata=_check(_scale_range, "[lo, hi] with 0 < lo <= hi <= 1"))
-    jitter_prob: float = field(default=0.8, metadata=_check(_probability, "a probability in [0, 1]"))
+    jitter_prob: float = field(default=0.0, metadata=_check(_probability, "a probability in [0, 1]"))
     jitter_strength: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    grayscale_prob: float = field(default=0.2, metadata=_check(_probability, "a probability in [0, 1]"))
-    blur_prob: float = field(default=0.5, metadata=_check(_probability, "a probability in [0, 1]"))
-    solarize_prob: float = field(default=0.2, metadata=_check(_probability, "a probability in [0, 1]"))
-    hflip_prob: float = field(default=0.5, metadata=_check(_probability, "a probability in [0, 1]"))
+    grayscale_prob: float = field(default=0.0, metadata=_check(_probability, "a probability in [0, 1]"))
+    blur_prob: float = field(default=0.2, metadata=_check(_probability, "a probability in [0, 1]"))
+    solarize_prob: float = field(default=0.0, metadata=_check(_probability, "a probability in [0, 1]"))
+    hflip_prob: float = field(default=0.0, metadata=_check(_probability, "a probability in [0, 1]"))
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -157,7 +167,7 @@ class OptimConfig:
 
     lr: float = field(default=2e-3, metadata=_check(_positive, "a number > 0"))
     weight_decay: float = field(default=0.05, metadata=_check(_non_negative, "a number >= 0"))
-    probe_lr: float = field(default=1e-3, metadata=_check(_positive, "a number > 0"))
+    probe_lr: float = field(default=1e-2, metadata=_check(_positive, "a number > 0"))
     probe_weight_decay: float = field(default=1e-7, metadata=_check(_non_negative, "a number >= 0"))
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = field(default=1.0, metadata=_check(_non_negative, "a number >= 0"))
@@ -169,7 +179,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = field(default=20, metadata=_check(_non_negative, "an integer >= 0 (0 evaluates the untrained model)"))
     # The *global* batch: split evenly over the DDP processes. SIGReg's N is this number.
-    batch_size: int = field(default=128, metadata=_check(lambda v: v >= 2, "an integer >= 2"))
+    batch_size: int = field(default=64, metadata=_check(lambda v: v >= 2, "an integer >= 2"))
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto": bf16 autocast on CUDA, fp32 on CPU (where bf16 is many times slower).
@@ -227,7 +237,7 @@ def _convert(value: Any, tp: Any, path: str, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise fail(f"a mapping of {tp.__name__} keys")
-        return _build(tp, value, path, source)
+        return build_dataclass(tp, value, path, source)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise fail(f"one of {_type_name(tp)}")
@@ -288,7 +298,9 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
+def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
+    """Builds the (frozen) dataclass ``cls`` from ``data``, checking keys, types and values;
+    errors name ``source`` and the key path below ``prefix``."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
@@ -326,9 +338,32 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str = "<config>") -
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    cfg = _build(Config, data, "", source)
+    cfg = build_dataclass(Config, data, "", source)
     _validate_cross_field(cfg, source)
     return cfg
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` and ``1e30`` as floats (YAML 1.1 wants ``1.0e-3``,
+    so PyYAML would hand back the *string* "1e-3" for a learning rate)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -337,7 +372,7 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text())
+        return _yaml_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -357,7 +392,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected dotted.key=value")
         try:
-            parsed[key] = yaml.safe_load(raw) if raw.strip() else None
+            parsed[key] = _yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: {key}: value is not valid YAML") from None
     return parsed
@@ -365,7 +400,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def apply_overrides(data: Mapping[str, Any] | None, overrides: Mapping[str, Any], source: str = "--set") -> dict[str, Any]:
     """Returns a deep copy of ``data`` with each dotted key of ``overrides`` set."""
-    result = _thaw(data or {})
+    result = to_plain(data or {})
     for dotted, value in overrides.items():
         node = result
         parts = dotted.split(".")
@@ -376,15 +411,16 @@ def apply_overrides(data: Mapping[str, Any] | None, overrides: Mapping[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])}: is not a section, cannot set {dotted}")
             node = child
-        node[parts[-1]] = _thaw(value)
+        node[parts[-1]] = to_plain(value)
     return result
 
 
-def _thaw(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
+    """Deep copy as plain data: mappings to dicts, tuples to lists (YAML- and JSON-safe)."""
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_thaw(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -394,15 +430,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data = read_yaml(path) if path is not None else {}
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    cfg = config_from_dict(data, source)
     if overrides:
-        data = apply_overrides(data, parse_overrides(overrides))
-        source = f"{source} (with --set)"
-    return config_from_dict(data, source)
+        # Overrides act on the resolved tree, so `--set model.backbone_kwargs.depth=2` changes
+        # one keyword of the mapping the YAML (or the defaults) gave, not the whole mapping.
+        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), parse_overrides(overrides)), f"{source} (with --set)")
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config tree as plain YAML-safe data (tuples become lists)."""
-    return _thaw(dataclasses.asdict(cfg))
+    return to_plain(dataclasses.asdict(cfg))
 
 
 def flatten_dict(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Subset
 
-from lejepa_tune.config import DataConfig
+from .config import ConfigError, DataConfig
 
 __all__ = ["DatasetError", "DataSplits", "build_datasets"]
 
@@ -42,8 +42,9 @@ _FILE_BUILDERS = {
 }
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be built; ``str(err)`` is one line saying what is wrong and how to fix it."""
+class DatasetError(ConfigError):
+    """A dataset that cannot be built (a config problem: ``data.*`` points at nothing usable);
+    ``str(err)`` is one line saying what is wrong and how to fix it."""
 
 
 @dataclass(frozen=True)

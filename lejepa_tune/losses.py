@@ -16,6 +16,7 @@ Every module here is a plain ``nn.Module`` that is correct under DDP as well as 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +30,22 @@ __all__ = [
     "invariance",
     "LeJEPALoss",
     "LeJEPALossOutput",
+    "autograd_all_reduce",
     "distributed_world_size",
 ]
+
+
+def autograd_all_reduce(tensor: Tensor) -> Tensor:
+    """Sum over ranks that autograd sees through: returns a *new* tensor (use it; the input is
+    left per-rank), and its backward all-reduces the gradient.
+
+    ``torch.distributed.nn.functional.all_reduce`` is the documented differentiable
+    collective; it warns that it is deprecated in favour of a private module, so the warning
+    is silenced here, and the 2-process equivalence tests guard its behaviour.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*all_reduce is deprecated", category=FutureWarning)
+        return dist_fn.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 def distributed_world_size() -> int:
@@ -109,8 +124,8 @@ class SIGReg(nn.Module):
                 # The autograd-aware collective returns a new tensor (the in-place c10d one
                 # would leave `sums` per-rank); its backward all-reduces the gradient, which
                 # DDP's averaging over ranks then turns into the exact gradient.
-                sums = dist_fn.all_reduce(sums, op=dist.ReduceOp.SUM)
-                count = dist_fn.all_reduce(count, op=dist.ReduceOp.SUM)
+                sums = autograd_all_reduce(sums)
+                count = autograd_all_reduce(count)
             cos_mean, sin_mean = sums[0] / count, sums[1] / count  # (V, S, T)
             err = (cos_mean - self.phi).square() + sin_mean.square()  # (V, S, T)
             statistic = (err @ self.weights) * count  # (V, S): N is the global batch

@@ -6,11 +6,9 @@ from typing import Any, Mapping, Sequence
 
 import timm
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 
-from .losses import distributed_world_size
+from .losses import autograd_all_reduce, distributed_world_size
 
 __all__ = ["GlobalBatchNorm1d", "Projector", "LeJEPAModel", "create_backbone", "build_model"]
 
@@ -31,7 +29,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             raise ValueError(f"GlobalBatchNorm1d expects (N, C), got {tuple(x.shape)}")
         xf = x.float()
         stats = torch.cat([xf.sum(0), xf.square().sum(0), xf.new_tensor([x.size(0)])])  # (2C+1,)
-        stats = dist_fn.all_reduce(stats, op=dist.ReduceOp.SUM)
+        stats = autograd_all_reduce(stats)
         c = x.size(1)
         n = stats[-1]
         mean = stats[:c] / n

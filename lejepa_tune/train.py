@@ -120,6 +120,8 @@ def train(cfg: Config, report: Reporter | None = None, device: torch.device | No
     averaged over ranks (with ``epochs = 0``, once, with the evaluation of the untrained model).
     """
     device = device or resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the device NCCL collectives of this process use
     rank, world, created_group = init_distributed(device)
     amp = autocast_dtype(cfg.train.precision, device)
     out_dir = Path(cfg.train.output_dir)
@@ -164,7 +166,10 @@ def train(cfg: Config, report: Reporter | None = None, device: torch.device | No
             step += 1
             sums += torch.stack([out.loss, out.invariance, out.regularizer, probe_loss]).detach().double().cpu()
 
-        metrics = dict(zip(keys, _mean_over_ranks(sums / steps_per_epoch, world).tolist()))
+        local = sums / steps_per_epoch
+        metrics = dict(zip(keys, _mean_over_ranks(local, world).tolist()))
+        if world > 1:  # what this rank computed, next to what all ranks agreed on
+            _log_rank(out_dir, rank, epoch + 1, dict(zip(keys, local.tolist())), metrics)
         if not math.isfinite(metrics["train/loss"]):
             raise TrainingDiverged(
                 f"train/loss is {metrics['train/loss']} after epoch {epoch + 1} "
@@ -229,12 +234,28 @@ def _wrap_ddp(model: LeJEPAModel, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model)
 
 
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        values = values.float()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)  # in place: the c10d collective, no autograd
-        values = values.double() / world
-    return values
+    """The float64 mean over ranks of a CPU tensor (itself when not distributed)."""
+    if world == 1:
+        return values
+    # A copy: `.to()` returns `values` itself when nothing changes, and the collective below
+    # works in place.
+    buf = values.to(_collective_device(), dtype=torch.float64, copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)  # in place: the c10d collective, no autograd
+    return buf.cpu() / world
+
+
+def _broadcast_from_rank0(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world == 1:
+        return values
+    buf = values.to(_collective_device(), copy=True)
+    dist.broadcast(buf, src=0)
+    return buf.cpu()
 
 
 def _eval_loader(dataset, cfg: Config) -> DataLoader:
@@ -254,24 +275,28 @@ def _online_accuracy(model: LeJEPAModel, val, cfg: Config, device, amp, rank: in
                 logits = model.probe(model.backbone(images.to(device)))
             correct += torch.tensor([(logits.argmax(1).cpu() == labels).sum().item(), len(labels)], dtype=torch.float64)
         model.train(was_training)
-    if world > 1:
-        dist.broadcast(correct, src=0)  # rank 0's count, on every rank
+    correct = _broadcast_from_rank0(correct, world)  # rank 0's count, on every rank
     return float(correct[0] / correct[1])
 
 
-def evaluate_encoder(backbone: nn.Module, splits, cfg: Config, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
-    """``eval/linear_acc``, ``eval/knn_acc`` and ``eval/rankme`` on frozen backbone features."""
-    train_x, train_y = extract_features(backbone, _eval_loader(splits.train, cfg), device, amp)
-    val_x, val_y = extract_features(backbone, _eval_loader(splits.val, cfg), device, amp)
+def evaluate_encoder(model: LeJEPAModel, splits, cfg: Config, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
+    """Frozen-feature evaluation of the backbone: ``eval/linear_acc`` and ``eval/knn_acc``
+    (labels used to *measure* only), and two label-free signals: ``eval/rankme``, the
+    effective rank of the LeJEPA embeddings (projector outputs, what SIGReg shapes; about 1
+    when they collapse), and ``eval/rankme_backbone``, that of the backbone features."""
+    train_x, train_y = extract_features(model.backbone, _eval_loader(splits.train, cfg), device, amp)
+    val_x, val_y = extract_features(model.backbone, _eval_loader(splits.val, cfg), device, amp)
+    val_z, _ = extract_features(nn.Sequential(model.backbone, model.projector), _eval_loader(splits.val, cfg), device, amp)
     return {
         "eval/linear_acc": linear_probe_accuracy(train_x, train_y, val_x, val_y, max_iter=cfg.eval.linear_max_iter, seed=cfg.train.seed),
         "eval/knn_acc": knn_accuracy(train_x, train_y, val_x, val_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=splits.num_classes),
-        "eval/rankme": rankme(val_x),
+        "eval/rankme": rankme(val_z),
+        "eval/rankme_backbone": rankme(val_x),
     }
 
 
 def _evaluate_on_rank0(model: LeJEPAModel, splits, cfg: Config, device, amp, rank: int, world: int) -> dict[str, float]:
-    result = [evaluate_encoder(model.backbone, splits, cfg, device, amp) if rank == 0 else None]
+    result = [evaluate_encoder(model, splits, cfg, device, amp) if rank == 0 else None]
     if world > 1:
         dist.broadcast_object_list(result, src=0)
     return result[0]
@@ -287,6 +312,13 @@ def save_checkpoint(model: LeJEPAModel, cfg: Config, directory: Path, metrics: d
     save_config(cfg, directory / "config.yaml")
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory
+
+
+def _log_rank(out_dir: Path, rank: int, epoch: int, local: dict[str, float], reduced: dict[str, float]) -> None:
+    path = out_dir / "ranks" / f"rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"epoch": epoch, "local": local, "reduced": reduced}) + "\n")
 
 
 def _log(metrics: dict[str, float], out_dir: Path, rank: int) -> None:
