@@ -1,0 +1,168 @@
+"""MLflow tracking of a sweep: one experiment per sweep name, one parent run per sweep
+(``lejepa_tune.role=sweep``) and one nested child run per trial (``lejepa_tune.role=trial``).
+
+All MLflow calls happen in the Tune driver process, through a Tune callback, so a SQLite
+backend is never written by two processes at once and every trial is logged as soon as Tune
+sees it: a finished trial's run is complete whatever a later trial does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from .config import flatten_dict
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "ROLE_TAG",
+    "SWEEP_DIR_TAG",
+    "resolve_tracking_uri",
+    "SweepTracker",
+    "MLflowTrialCallback",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROLE_TAG = "lejepa_tune.role"
+SWEEP_DIR_TAG = "lejepa_tune.sweep_dir"
+TRIAL_ID_TAG = "lejepa_tune.trial_id"
+# Epoch-level bookkeeping Tune adds to every result; not worth a metric each.
+_SKIP_RESULT_KEYS = {"epoch", "checkpoint_path"}
+_MAX_BATCH = 100  # MLflow's limit on params per log_batch call
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``uri``, or the default SQLite file in the working directory (absolute, so that Ray
+    processes with another working directory write to the same database)."""
+    uri = uri or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+def _params(data: Mapping[str, Any]) -> list[Param]:
+    return [Param(k, str(v)[:6000]) for k, v in sorted(flatten_dict(data).items())]
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k not in _SKIP_RESULT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k
+    }
+
+
+class SweepTracker:
+    """The MLflow side of one sweep: its experiment, its parent run, and its trials' runs."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str, sweep_name: str, sweep_dir: Path):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        self.experiment = experiment
+        self.parent_run_id = self.client.create_run(
+            self.experiment_id,
+            run_name=sweep_name,
+            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir)},
+        ).info.run_id
+
+    def log_sweep_params(self, params: Mapping[str, Any]) -> None:
+        self._log_params(self.parent_run_id, params)
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        batch = _params(params)
+        for i in range(0, len(batch), _MAX_BATCH):
+            self.client.log_batch(run_id, params=batch[i : i + _MAX_BATCH])
+
+    def start_trial(self, trial_id: str, config: Mapping[str, Any], searched: Mapping[str, Any]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_id,
+            # mlflow.parentRunId nests the run under the sweep in the UI.
+            tags={ROLE_TAG: "trial", "mlflow.parentRunId": self.parent_run_id, TRIAL_ID_TAG: trial_id},
+        )
+        self._log_params(run.info.run_id, config)
+        self.client.log_batch(run.info.run_id, tags=[RunTag(f"searched.{k}", str(v)) for k, v in searched.items()])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.end_run(self.parent_run_id, status)
+
+
+class MLflowTrialCallback(Callback):
+    """Tune callback: a child run per trial with its flattened config as params, every
+    epoch's metrics at ``step=epoch``, the final ``eval/*`` metrics and the checkpoint."""
+
+    def __init__(self, tracker: SweepTracker, trial_config_fn, max_artifact_mb: float = 200.0):
+        self.tracker = tracker
+        self.trial_config_fn = trial_config_fn  # Tune config -> (resolved config dict, searched params)
+        self.max_artifact_mb = max_artifact_mb
+        self.run_ids: dict[str, str] = {}
+        self.last_results: dict[str, dict[str, Any]] = {}
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            resolved, searched = self.trial_config_fn(trial.config)
+            self.run_ids[trial.trial_id] = self.tracker.start_trial(trial.trial_id, resolved, searched)
+        return self.run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_id(trial)
+        self.last_results[trial.trial_id] = dict(result)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        self.tracker.log_metrics(run_id, _numeric(result), step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        last = self.last_results.get(trial.trial_id, {})
+        checkpoint_path = last.get("checkpoint_path")
+        if checkpoint_path:
+            self.tracker.set_tag(run_id, "lejepa_tune.checkpoint_uri", str(checkpoint_path))
+            if os.path.isdir(checkpoint_path) and _dir_mb(checkpoint_path) <= self.max_artifact_mb:
+                self.tracker.log_artifacts(run_id, checkpoint_path, "checkpoint")
+        self.tracker.end_run(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        error = getattr(trial, "error_file", None)
+        self.tracker.set_tag(run_id, "lejepa_tune.error", _first_error_line(error))
+        self.tracker.end_run(run_id, "FAILED")
+
+
+def _dir_mb(path: str) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def _first_error_line(error_file: str | None) -> str:
+    """The last line of the trial's traceback (the exception itself), for the run's tags."""
+    if not error_file or not os.path.isfile(error_file):
+        return "the trial failed (no error file)"
+    lines = [ln.strip() for ln in Path(error_file).read_text(errors="replace").splitlines() if ln.strip()]
+    return (lines[-1] if lines else "the trial failed")[:500]
+

@@ -1,0 +1,121 @@
+"""Search-space YAML: validation with file and key in every error, and Optuna distributions."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from lejepa_tune.cli import main
+from lejepa_tune.config import ConfigError
+from lejepa_tune.search_space import load_sweep_spec, trial_config
+
+GOOD = """
+name: test_sweep
+base:
+  train: {epochs: 2}
+search:
+  loss.lam: {type: loguniform, low: 0.01, high: 0.5}
+  optim.lr: {type: uniform, low: 0.0005, high: 0.005}
+  model.proj_dim: {type: qint, low: 16, high: 64, step: 16}
+  views.n_global: {type: choice, values: [2, 4]}
+  train.batch_size: {type: int, low: 32, high: 64}
+tune: {num_samples: 3, scheduler: asha}
+resources: {num_workers: 2, cpus_per_worker: 1}
+"""
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_space_parses_to_optuna_distributions(tmp_path):
+    spec = load_sweep_spec(write(tmp_path, GOOD))
+    assert spec.name == "test_sweep" and spec.base.train.epochs == 2
+    assert spec.tune.num_samples == 3 and spec.tune.scheduler == "asha" and spec.tune.metric == "train/loss"
+    assert spec.resources.num_workers == 2 and spec.resources.gpus_per_worker == "auto"
+    d = {k: v.to_optuna() for k, v in spec.search.items()}
+    assert d["loss.lam"] == optuna.distributions.FloatDistribution(0.01, 0.5, log=True)
+    assert d["optim.lr"] == optuna.distributions.FloatDistribution(0.0005, 0.005)
+    assert d["model.proj_dim"] == optuna.distributions.IntDistribution(16, 64, step=16)
+    assert d["views.n_global"] == optuna.distributions.CategoricalDistribution([2, 4])
+    assert d["train.batch_size"] == optuna.distributions.IntDistribution(32, 64)
+    cfg = trial_config(spec, {"loss.lam": 0.1, "views.n_global": 4})
+    assert cfg.loss.lam == 0.1 and cfg.views.n_global == 4 and cfg.train.epochs == 2
+
+
+def test_base_can_be_a_path_relative_to_the_space(tmp_path):
+    (tmp_path / "configs").mkdir()
+    write(tmp_path, "optim: {lr: 0.004}\n", "configs/base.yaml")
+    spec = load_sweep_spec(write(tmp_path, "name: s\nbase: configs/base.yaml\nsearch: {}\n"))
+    assert spec.base.optim.lr == 0.004
+
+
+def test_overrides_route_to_sweep_or_base(tmp_path):
+    spec = load_sweep_spec(write(tmp_path, GOOD), ["tune.num_samples=5", "train.epochs=1", "loss.num_slices=32"])
+    assert spec.tune.num_samples == 5
+    assert spec.base.train.epochs == 1 and spec.base.loss.num_slices == 32
+
+
+@pytest.mark.parametrize(
+    "text,key,fragment",
+    [
+        ("name: s\nsearch:\n  optim.lrr: {type: uniform, low: 0.1, high: 0.2}\n", "search.optim.lrr", "unknown key"),
+        ("name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.5, high: 0.1}\n", "search.loss.lam", "impossible range"),
+        ("name: s\nsearch:\n  loss.lam: {type: loguniform, low: 0, high: 0.1}\n", "search.loss.lam.low", "low > 0"),
+        ("name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.1, high: 1.5}\n", "search.loss.lam", "1.5 is not a valid value"),
+        ("name: s\nsearch:\n  loss.lam: {type: gaussian, low: 0.1, high: 0.5}\n", "search.loss.lam.type", "expected one of"),
+        ("name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.1, hi: 0.5}\n", "search.loss.lam.hi", "unknown key"),
+        ("name: s\nsearch:\n  views.n_global: {type: choice, values: []}\n", "search.views.n_global.values", "non-empty"),
+        ("name: s\nsearch:\n  model.proj_dim: {type: qint, low: 16, high: 60, step: 16}\n", "search.model.proj_dim", "multiple of step"),
+        ("name: s\ntune: {num_samples: 0}\n", "tune.num_samples", "> 0"),
+        ("name: s\ntune: {schedular: asha}\n", "tune.schedular", "unknown key"),
+        ("name: s\ntune: {scheduler: hyperband}\n", "tune.scheduler", "'asha'"),
+        ("name: s\nresources: {num_workers: -1}\n", "resources.num_workers", "> 0"),
+        ("name: s\nsearches: {}\n", "searches", "unknown key"),
+        ("search: {}\n", "name", "non-empty name"),
+        ("name: s\nbase: {optim: {lr: -1}}\n", "optim.lr", "> 0"),
+    ],
+)
+def test_bad_spaces_name_file_and_key(tmp_path, text, key, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_sweep_spec(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and f": {key}" in message and fragment in message, message
+    assert "\n" not in message
+
+
+def test_missing_base_file_and_malformed_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: no such file"):
+        load_sweep_spec(write(tmp_path, "name: s\nbase: nope.yaml\n"))
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_sweep_spec(write(tmp_path, "name: s\nsearch: {loss.lam: {type: uniform\n"))
+
+
+def test_validate_command(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, GOOD))]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and "loss.lam: loguniform" in out
+    bad = write(tmp_path, "name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.5, high: 0.1}\n", "bad.yaml")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml" in err and "search.loss.lam" in err and "\n" not in err
+
+
+def test_shipped_search_spaces_validate(capsys):
+    import pathlib
+
+    spaces = sorted(pathlib.Path(__file__).resolve().parents[1].joinpath("search_spaces").glob("*.yaml"))
+    assert {p.name for p in spaces} >= {"lambda_sweep.yaml", "full_sweep.yaml", "imagenette_vits8.yaml"}
+    for path in spaces:
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_run_with_a_missing_dataset_fails_before_starting_ray(tmp_path, capsys):
+    path = write(tmp_path, f"name: s\nbase: {{data: {{dataset: 'folder:{tmp_path / 'nowhere'}'}}}}\n")
+    assert main(["run", str(path), "--storage-path", str(tmp_path / "sweeps")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and "base.data.dataset" in err and "\n" not in err
+    assert not (tmp_path / "sweeps").exists()
