@@ -12,17 +12,35 @@ Sign convention. A criterion has a *mode*: ``"min"`` when lower is better (a los
 when higher is better (RankMe). The correlations reported by :func:`agreement` are oriented so
 that a *good* criterion always gives a *positive* correlation with accuracy; for ``"min"`` the
 criterion is negated first.
+
+On top of the statistics sit the *criteria* a sweep can be judged by (:data:`CRITERIA`): the
+final training loss, the paper's ``loss / lam**alpha``, RankMe, and the fixed-yardstick loss
+of :mod:`lejepa_tune.yardstick`. Each is computed per trial from label-free quantities only;
+:func:`choose` picks a trial by one of them, never looking at labels. Labels enter only in
+:func:`evaluate_criteria`, to *measure* how well each criterion would have chosen.
+
+Which criteria are honest depends on what the sweep varies (:func:`criterion_validity`): the
+SIGReg statistic grows linearly with the batch size ``N`` and the loss depends on the views,
+so raw losses of trials with different ``train.batch_size`` or ``views.*`` do not compare.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .config import FrozenDict
+
+if TYPE_CHECKING:  # sweep imports Ray: keep this module light
+    from .search_space import SweepSpec
+    from .sweep import TrialRecord
 
 __all__ = [
     "spearman",
@@ -32,6 +50,19 @@ __all__ = [
     "top_k_overlap",
     "Agreement",
     "agreement",
+    "Criterion",
+    "CRITERIA",
+    "ACCURACY_KEY",
+    "get_criterion",
+    "trial_lam",
+    "Validity",
+    "criterion_validity",
+    "default_criterion",
+    "choose",
+    "merge_metrics",
+    "SelectionReport",
+    "evaluate_criteria",
+    "selection_metrics",
 ]
 
 _MODES = ("min", "max")
@@ -242,3 +273,310 @@ def agreement(
         top3_overlap=top_k_overlap(c, a, k=3, mode=mode),
         excluded=tuple(i for i, kept in zip(ids, keep) if not kept),
     )
+
+
+# --------------------------------------------------------------------------- criteria
+
+# The labelled metric criteria are judged against. Labels never choose: only this module's
+# evaluate_criteria reads it, to measure a criterion.
+ACCURACY_KEY = "eval/linear_acc"
+# The exponent of ``loss / lam**alpha`` when no sweep spec says otherwise (the paper's value).
+DEFAULT_ALPHA = 0.4
+
+# Searched keys that change the *scale* of the training loss, so that raw losses of trials
+# that differ in them measure different things: SIGReg's statistic is N times a distance
+# (N = train.batch_size), the invariance term depends on the number and kind of views, and
+# the regulariser's definition (which one, its knots, its t range) is the statistic itself.
+# The projector dimension is not among them: invariance is a mean over coordinates and each
+# SIGReg slice is a 1-D projection on a unit direction, so both are per-dimension normalised.
+_SCALE_KEYS = ("train.batch_size", "loss.regularizer", "loss.num_knots", "loss.t_max")
+_SCALE_PREFIXES = ("views.",)
+
+
+def _metric(trial: TrialRecord, key: str) -> float:
+    """``trial.metrics[key]`` as a float; ``nan`` when missing or not a number."""
+    value = trial.metrics.get(key)
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def trial_lam(trial: TrialRecord, spec: SweepSpec | None = None) -> float:
+    """The trial's ``loss.lam``: its searched value, else the sweep's base config value
+    (``nan`` when ``lam`` was not searched and no ``spec`` is given)."""
+    if "loss.lam" in trial.params:
+        try:
+            return float(trial.params["loss.lam"])
+        except (TypeError, ValueError):
+            return math.nan
+    return float(spec.base.loss.lam) if spec is not None else math.nan
+
+
+def _final_loss(trial: TrialRecord, spec: SweepSpec | None) -> float:
+    return _metric(trial, "train/loss")
+
+
+def _scaled_loss(trial: TrialRecord, spec: SweepSpec | None) -> float:
+    alpha = spec.selection.alpha if spec is not None else DEFAULT_ALPHA
+    lam = trial_lam(trial, spec)
+    if not lam > 0 and alpha > 0:  # lam = 0 (or unknown): loss / 0**alpha is undefined
+        return math.nan
+    return _metric(trial, "train/loss") / lam**alpha
+
+
+def _rankme(trial: TrialRecord, spec: SweepSpec | None) -> float:
+    return _metric(trial, "eval/rankme")
+
+
+def _yardstick(trial: TrialRecord, spec: SweepSpec | None) -> float:
+    return _metric(trial, "yardstick/loss")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A label-free way to rank trials: ``fn(trial, spec) -> float`` (``nan`` when the trial
+    lacks what it needs) and whether lower (``"min"``) or higher (``"max"``) is better."""
+
+    name: str
+    mode: str
+    fn: Callable[[Any, Any], float]
+    description: str
+
+    def value(self, trial: TrialRecord, spec: SweepSpec | None = None) -> float:
+        return float(self.fn(trial, spec))
+
+
+CRITERIA: Mapping[str, Criterion] = FrozenDict(
+    (c.name, c)
+    for c in (
+        Criterion("loss", "min", _final_loss, "final training loss train/loss"),
+        Criterion("scaled_loss", "min", _scaled_loss, "train/loss / lam**alpha, the paper's λ-corrected loss"),
+        Criterion("rankme", "max", _rankme, "RankMe (effective rank) of the frozen validation embeddings"),
+        Criterion(
+            "yardstick",
+            "min",
+            _yardstick,
+            "LeJEPA loss of every encoder re-measured on the same held-out images, views, batch size and λ",
+        ),
+    )
+)
+
+
+def get_criterion(criterion: str | Criterion) -> Criterion:
+    """The registered criterion of that name (a :class:`Criterion` is returned as is)."""
+    if isinstance(criterion, Criterion):
+        return criterion
+    try:
+        return CRITERIA[criterion]
+    except KeyError:
+        raise ValueError(f"unknown selection criterion {criterion!r} (known: {', '.join(CRITERIA)})") from None
+
+
+class Validity(NamedTuple):
+    """Whether a criterion ranks a sweep's trials on one scale, and why (or why not)."""
+
+    valid: bool
+    reason: str
+
+
+def _scale_keys(spec: SweepSpec) -> list[str]:
+    return [k for k in spec.search if k in _SCALE_KEYS or k.startswith(_SCALE_PREFIXES)]
+
+
+def criterion_validity(spec: SweepSpec) -> dict[str, Validity]:
+    """For each criterion of :data:`CRITERIA`, whether it is valid for this sweep.
+
+    ``loss`` and ``scaled_loss`` are invalid when the sweep searches a key that changes the
+    scale of the loss (``train.batch_size``, any ``views.*``, the regulariser's definition);
+    ``rankme`` and ``yardstick`` are measured the same way for every trial.
+    """
+    varied = _scale_keys(spec)
+    if varied:
+        why = (
+            f"the sweep searches {', '.join(varied)}: raw training losses are on different scales "
+            "(SIGReg's statistic grows with the batch size N; the loss depends on the views)"
+        )
+        loss = Validity(False, why)
+    else:
+        loss = Validity(True, "every trial's loss is measured on the same batch size and views")
+    return {
+        "loss": loss,
+        "scaled_loss": loss,
+        "rankme": Validity(True, "computed the same way on the frozen validation embeddings of every trial"),
+        "yardstick": Validity(True, "one fixed batch size, set of views, SIGReg slices and λ for every trial"),
+    }
+
+
+def default_criterion(spec: SweepSpec) -> tuple[str, str]:
+    """``(criterion name, why)``: ``selection.criterion`` when it is set, else the criterion
+    that suits what the sweep varies.
+
+    * batch size, views (or the regulariser's definition) vary: ``yardstick``, since raw
+      losses then do not compare;
+    * ``loss.lam`` varies: ``scaled_loss`` (the paper: Spearman ≈ 0.99 for ``loss / λ^α``
+      against ≈ 0.85 for the raw loss);
+    * otherwise: ``loss``.
+    """
+    chosen = spec.selection.criterion
+    if chosen != "auto":
+        name = get_criterion(chosen).name
+        valid, why = criterion_validity(spec)[name]
+        reason = f"selection.criterion is set to {name!r}"
+        return name, reason if valid else f"{reason}, although it is not valid for this sweep: {why}"
+    varied = _scale_keys(spec)
+    if varied:
+        return "yardstick", (
+            f"the sweep searches {', '.join(varied)}: raw training losses are not comparable, because "
+            "SIGReg's statistic scales with the batch size N and the loss depends on the views; the "
+            "yardstick re-measures every encoder on the same held-out images, views, batch size and λ"
+        )
+    if "loss.lam" in spec.search:
+        return "scaled_loss", (
+            f"the sweep searches loss.lam: λ weighs invariance against SIGReg, so raw losses of "
+            f"different λ are biased; loss / λ^α (α = {spec.selection.alpha:g}) corrects for it"
+        )
+    return "loss", "the sweep varies neither λ, the batch size nor the views: final training losses compare directly"
+
+
+def choose(
+    trials: Iterable[TrialRecord], criterion: str | Criterion, spec: SweepSpec | None = None
+) -> TrialRecord | None:
+    """The label-free pick: the *completed* trial with the best finite criterion value.
+
+    Stopped, failed and diverged trials never win. Ties go to the first trial in input
+    order (as in :func:`regret`). ``None`` when no completed trial has a finite value.
+    ``spec`` supplies ``alpha`` and the base ``lam`` for ``scaled_loss``.
+    """
+    crit = get_criterion(criterion)
+    best, best_score = None, math.inf
+    for trial in trials:
+        if trial.status != "completed":
+            continue
+        value = crit.value(trial, spec)
+        if not math.isfinite(value):
+            continue
+        score = value if crit.mode == "min" else -value
+        if score < best_score:
+            best, best_score = trial, score
+    return best
+
+
+def merge_metrics(trials: Iterable[TrialRecord], extra: Mapping[str, Mapping[str, float]]) -> list[TrialRecord]:
+    """The trials with ``extra[trial_id]`` added to their metrics (e.g. the ``yardstick/*``
+    values of :func:`lejepa_tune.yardstick.yardstick_for_sweep`); others are unchanged."""
+    return [
+        dataclasses.replace(t, metrics={**t.metrics, **extra[t.trial_id]}) if t.trial_id in extra else t
+        for t in trials
+    ]
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """Every criterion evaluated on one sweep.
+
+    ``values[c][trial_id]`` is criterion ``c`` of every trial (``nan`` where undefined);
+    ``picks[c]`` the id of the trial ``c`` chooses among completed trials (``None`` if none);
+    ``agreements[c]`` how well ``c`` agrees with ``accuracy`` over the completed trials (those
+    with a non-finite value or accuracy are dropped and listed in its ``excluded``);
+    ``not_completed`` maps the other trials (stopped, failed) to their status. ``default`` is
+    the criterion to select with and ``reason`` says why; ``validity[c]`` says whether ``c``
+    compares trials on one scale in this sweep. ``best_by_accuracy`` is the labelled oracle's
+    pick, for reference only; ``lams`` the effective ``loss.lam`` of each trial.
+    """
+
+    sweep: str
+    criteria: tuple[str, ...]
+    modes: Mapping[str, str]
+    values: Mapping[str, Mapping[str, float]]
+    picks: Mapping[str, str | None]
+    agreements: Mapping[str, Agreement]
+    validity: Mapping[str, Validity]
+    default: str
+    reason: str
+    accuracy: str
+    best_by_accuracy: str | None
+    lams: Mapping[str, float]
+    not_completed: Mapping[str, str]
+    alpha: float
+
+
+def evaluate_criteria(
+    trials: Sequence[TrialRecord],
+    spec: SweepSpec,
+    *,
+    accuracy: str = ACCURACY_KEY,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> SelectionReport:
+    """Computes every criterion of :data:`CRITERIA` for every trial, the pick of each, and its
+    :class:`Agreement` with the labelled ``accuracy`` over the completed trials.
+
+    Labels are read here only to *evaluate* the criteria; the picks never depend on them.
+    A criterion whose values were not computed (e.g. no ``yardstick/loss`` merged in) gets
+    ``n = 0`` and ``nan`` statistics.
+    """
+    trials = list(trials)
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise ValueError("trial ids must be unique")
+    completed = [t for t in trials if t.status == "completed"]
+    acc = [_metric(t, accuracy) for t in completed]
+    values, picks, agreements = {}, {}, {}
+    for name, crit in CRITERIA.items():
+        values[name] = FrozenDict((t.trial_id, crit.value(t, spec)) for t in trials)
+        pick = choose(completed, crit, spec)
+        picks[name] = pick.trial_id if pick is not None else None
+        agreements[name] = agreement(
+            name,
+            [t.trial_id for t in completed],
+            [values[name][t.trial_id] for t in completed],
+            acc,
+            mode=crit.mode,
+            n_boot=n_boot,
+            seed=seed,
+        )
+    finite = [(a, t.trial_id) for a, t in zip(acc, completed) if math.isfinite(a)]
+    # The first best in input order, as every pick here.
+    best = max(finite, key=lambda pair: pair[0])[1] if finite else None
+    default, reason = default_criterion(spec)
+    return SelectionReport(
+        sweep=spec.name,
+        criteria=tuple(CRITERIA),
+        modes=FrozenDict((n, c.mode) for n, c in CRITERIA.items()),
+        values=FrozenDict(values),
+        picks=FrozenDict(picks),
+        agreements=FrozenDict(agreements),
+        validity=FrozenDict(criterion_validity(spec)),
+        default=default,
+        reason=reason,
+        accuracy=accuracy,
+        best_by_accuracy=best,
+        lams=FrozenDict((t.trial_id, trial_lam(t, spec)) for t in trials),
+        not_completed=FrozenDict((t.trial_id, t.status) for t in trials if t.status != "completed"),
+        alpha=float(spec.selection.alpha),
+    )
+
+
+def selection_metrics(report: SelectionReport) -> dict[str, float]:
+    """Flat MLflow metrics ``selection/<criterion>/{spearman, spearman_lo, spearman_hi,
+    kendall, regret, top3_overlap, n}`` for the sweep's parent run.
+
+    Non-finite values are left out: MLflow would store a NaN as 0 with a flag and ±inf as
+    ±1.8e308, which charts and run comparisons show as if they were numbers. A missing key
+    says "undefined" (e.g. fewer than 3 trials) without lying.
+    """
+    out: dict[str, float] = {}
+    for name in report.criteria:
+        a = report.agreements[name]
+        stats = {
+            "spearman": a.spearman,
+            "spearman_lo": a.spearman_ci[0],
+            "spearman_hi": a.spearman_ci[1],
+            "kendall": a.kendall,
+            "regret": a.regret,
+            "top3_overlap": a.top3_overlap,
+            "n": float(a.n),
+        }
+        out.update({f"selection/{name}/{k}": float(v) for k, v in stats.items() if math.isfinite(v)})
+    return out
