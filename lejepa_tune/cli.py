@@ -7,6 +7,7 @@ naming the file and key, and exit code 2; a run that fails for another reason ex
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.tracking_uri, else sqlite:///mlflow.db)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="trials, label-free criteria and their agreement with the probe; plots and HTML")
+    p.add_argument("sweep", help="a sweep directory, or an MLflow experiment name (its latest sweep)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, to find an experiment by name (default: sqlite:///mlflow.db)")
+    p.add_argument("--output-dir", help="where plots, CSV and HTML go (default: SWEEP/report)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("select", help="export the encoder chosen without labels")
+    p.add_argument("sweep", help="a sweep directory, or an MLflow experiment name (its latest sweep)")
+    p.add_argument("--criterion", help="loss, scaled_loss, rankme, rankme_backbone or yardstick (default: the one valid for the sweep)")
+    p.add_argument("--export", required=True, metavar="DIR", help="where encoder.pt, projector.pt, config.yaml and selection.json are written")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, to find an experiment by name")
+    p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser("validate", help="check a search-space YAML (and every trial config it can produce) without starting Ray")
     p.add_argument("space")
@@ -75,7 +89,7 @@ def _check_dataset(spec) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .report import format_trials_table
+    from .report import format_selection, format_trials_table
     from .sweep import run_sweep
 
     spec = _load_spec(args)
@@ -87,11 +101,106 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         include_dashboard=not args.no_dashboard,
     )
+    analysis = result.analysis
+    choice = analysis.selection.picks.get(analysis.selection.default) if analysis else None
     print()
-    print(format_trials_table(result.trials, list(spec.search), spec.tune.metric))
+    print(format_trials_table(analysis.trials if analysis else result.trials, list(spec.search), spec.tune.metric, mark=choice))
+    if analysis is not None:
+        print()
+        print(format_selection(analysis.selection))
+        _print_choice(analysis, choice)
     minutes, seconds = divmod(result.elapsed_s, 60)
     print(f"\nSweep '{spec.name}': {len(result.trials)} trials in {int(minutes)} min {seconds:.0f} s; results in {result.sweep_dir}")
-    return 0 if any(t.status == "completed" for t in result.trials) else 1
+    print(f"Report: {result.sweep_dir / 'report' / 'report.html'}")
+    return 0 if choice is not None else 1
+
+
+def _print_choice(analysis, choice: str | None) -> None:
+    criterion = analysis.selection.default
+    if choice is None:
+        print(f"\nLabel-free choice ({criterion}): none (no completed trial has a value)")
+        return
+    trial = next(t for t in analysis.trials if t.trial_id == choice)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    print(f"\nLabel-free choice ({criterion}): trial {choice} ({shown})")
+    print(f"  export it: lejepa-tune select {analysis.sweep_dir} --export DIR")
+
+
+def _resolve_sweep_dir(sweep: str, tracking_uri: str | None) -> Path:
+    """A sweep directory, or an MLflow experiment name (its most recent sweep)."""
+    path = Path(sweep)
+    if path.is_dir():
+        return path
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import ROLE_TAG, SWEEP_DIR_TAG, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        raise ConfigError(f"{sweep}: neither a sweep directory nor an MLflow experiment at {uri}")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or SWEEP_DIR_TAG not in runs[0].data.tags:
+        raise ConfigError(f"{sweep}: the MLflow experiment has no sweep run")
+    return Path(runs[0].data.tags[SWEEP_DIR_TAG])
+
+
+def _analysis(args: argparse.Namespace):
+    from .report import analyse_sweep
+
+    sweep_dir = _resolve_sweep_dir(args.sweep, args.tracking_uri)
+    try:
+        return analyse_sweep(sweep_dir)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import format_selection, format_trials_table, write_report
+
+    analysis = _analysis(args)
+    choice = analysis.selection.picks.get(analysis.selection.default)
+    print(format_trials_table(analysis.trials, list(analysis.spec.search), analysis.spec.tune.metric, mark=choice))
+    print()
+    print(format_selection(analysis.selection))
+    files = write_report(analysis, Path(args.output_dir) if args.output_dir else analysis.sweep_dir / "report")
+    print(f"\nPlots, CSV and HTML: {files['html'].parent} (open {files['html'].name})")
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .selection import CRITERIA, choose
+    from .yardstick import find_checkpoint
+
+    analysis = _analysis(args)
+    criterion = args.criterion or analysis.selection.default
+    if criterion not in CRITERIA:
+        raise ConfigError(f"--criterion: unknown criterion {criterion!r} (known: {', '.join(CRITERIA)})")
+    validity = analysis.selection.validity.get(criterion)
+    if validity is not None and not validity.valid:
+        print(f"warning: {criterion} is not valid for this sweep: {validity.reason}", file=sys.stderr)
+    trial = choose(analysis.trials, criterion, analysis.spec)  # label-free: no accuracy is read
+    if trial is None:
+        print(f"lejepa-tune: error: no completed trial has a value for {criterion}", file=sys.stderr)
+        return 1
+    checkpoint = find_checkpoint(analysis.sweep_dir, trial)
+    if checkpoint is None:
+        print(f"lejepa-tune: error: trial {trial.trial_id} has no checkpoint", file=sys.stderr)
+        return 1
+    out = Path(args.export)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("encoder.pt", "projector.pt", "config.yaml"):
+        shutil.copy2(checkpoint / name, out / name)
+    (out / "selection.json").write_text(json.dumps({
+        "sweep": str(analysis.sweep_dir), "trial_id": trial.trial_id, "criterion": criterion,
+        "value": CRITERIA[criterion].value(trial, analysis.spec), "params": dict(trial.params),
+    }, indent=2))
+    print(f"Chosen by {criterion} (no labels): trial {trial.trial_id} {dict(trial.params)}")
+    print(f"Exported to {out}: encoder.pt (timm backbone state dict), projector.pt, config.yaml, selection.json")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

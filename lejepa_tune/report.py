@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["format_table", "format_trials_table", "format_selection", "write_plots", "write_csv", "write_html"]
+import yaml
+
+__all__ = [
+    "format_table",
+    "format_trials_table",
+    "format_selection",
+    "write_plots",
+    "write_csv",
+    "write_html",
+    "SweepAnalysis",
+    "load_sweep",
+    "analyse_sweep",
+    "write_report",
+]
 
 TABLE_METRICS = ("train/loss", "eval/linear_acc", "eval/knn_acc")
 
@@ -301,3 +316,62 @@ higher accuracy; regret is the accuracy lost by the criterion's pick; top3 the o
 """
     path.write_text(page, encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole sweep: trials, yardstick (cached per trial), criteria, files.
+
+
+@dataclass(frozen=True)
+class SweepAnalysis:
+    sweep_dir: Path
+    spec: Any
+    trials: tuple  # TrialRecords, with the yardstick merged in
+    selection: Any  # selection.SelectionReport
+
+
+def load_sweep(sweep_dir: str | Path):
+    """``(spec, trials)`` of a sweep directory written by ``lejepa-tune run``."""
+    from .search_space import sweep_spec_from_dict
+    from .sweep import TRIALS_CSV, load_trials_csv
+
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "spec.yaml").is_file() or not (sweep_dir / TRIALS_CSV).is_file():
+        raise FileNotFoundError(f"{sweep_dir}: not a finished sweep directory (no spec.yaml or {TRIALS_CSV})")
+    spec = sweep_spec_from_dict(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir / "spec.yaml"))
+    return spec, load_trials_csv(sweep_dir / TRIALS_CSV)
+
+
+def analyse_sweep(sweep_dir: str | Path, spec=None, trials=None, n_boot: int = 1000) -> SweepAnalysis:
+    """Measures the fixed-yardstick loss of every completed trial (once: it is cached in
+    ``trials/<id>/yardstick.json``) and evaluates every criterion against the probe."""
+    from .selection import evaluate_criteria, merge_metrics
+    from .yardstick import yardstick_for_sweep
+
+    sweep_dir = Path(sweep_dir)
+    if spec is None or trials is None:
+        spec, trials = load_sweep(sweep_dir)
+    cached: dict[str, dict[str, float]] = {}
+    missing = []
+    for t in trials:
+        path = sweep_dir / "trials" / t.trial_id / "yardstick.json"
+        if path.is_file():
+            cached[t.trial_id] = json.loads(path.read_text())
+        elif t.status == "completed":
+            missing.append(t)
+    if missing:
+        for trial_id, values in yardstick_for_sweep(sweep_dir, missing, spec).items():
+            cached[trial_id] = values
+            (sweep_dir / "trials" / trial_id / "yardstick.json").write_text(json.dumps(values))
+    trials = tuple(merge_metrics(trials, cached))
+    return SweepAnalysis(sweep_dir, spec, trials, evaluate_criteria(trials, spec, n_boot=n_boot))
+
+
+def write_report(analysis: SweepAnalysis, out_dir: str | Path) -> dict[str, Path]:
+    """Plots (PNG), ``trials.csv`` with every criterion, and ``report.html`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(analysis.selection, analysis.trials, out_dir)
+    csv_path = write_csv(analysis.selection, analysis.trials, out_dir / "selection_trials.csv")
+    html = write_html(analysis.selection, analysis.trials, [p.name for p in plots], out_dir / "report.html")
+    return {"html": html, "csv": csv_path, **{p.stem: p for p in plots}}

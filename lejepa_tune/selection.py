@@ -329,6 +329,10 @@ def _rankme(trial: TrialRecord, spec: SweepSpec | None) -> float:
     return _metric(trial, "eval/rankme")
 
 
+def _rankme_backbone(trial: TrialRecord, spec: SweepSpec | None) -> float:
+    return _metric(trial, "eval/rankme_backbone")
+
+
 def _yardstick(trial: TrialRecord, spec: SweepSpec | None) -> float:
     return _metric(trial, "yardstick/loss")
 
@@ -352,7 +356,8 @@ CRITERIA: Mapping[str, Criterion] = FrozenDict(
     for c in (
         Criterion("loss", "min", _final_loss, "final training loss train/loss"),
         Criterion("scaled_loss", "min", _scaled_loss, "train/loss / lam**alpha, the paper's λ-corrected loss"),
-        Criterion("rankme", "max", _rankme, "RankMe (effective rank) of the frozen validation embeddings"),
+        Criterion("rankme", "max", _rankme, "RankMe (effective rank) of the frozen validation embeddings (projector outputs)"),
+        Criterion("rankme_backbone", "max", _rankme_backbone, "RankMe of the frozen validation backbone features"),
         Criterion(
             "yardstick",
             "min",
@@ -404,6 +409,7 @@ def criterion_validity(spec: SweepSpec) -> dict[str, Validity]:
         "loss": loss,
         "scaled_loss": loss,
         "rankme": Validity(True, "computed the same way on the frozen validation embeddings of every trial"),
+        "rankme_backbone": Validity(True, "computed the same way on the frozen validation features of every trial"),
         "yardstick": Validity(True, "one fixed batch size, set of views, SIGReg slices and λ for every trial"),
     }
 

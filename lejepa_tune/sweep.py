@@ -72,6 +72,7 @@ class SweepResult:
     experiment: str
     parent_run_id: str
     elapsed_s: float
+    analysis: Any = None  # report.SweepAnalysis: the label-free selection, when a trial completed
 
 
 def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
@@ -239,15 +240,35 @@ def run_sweep(
         ),
     )
     status = "FAILED"
+    analysis = None
     try:
         grid = tuner.fit()
+        trials = tuple(_record(r, spec) for r in grid)
+        write_trials_csv(sweep_dir / TRIALS_CSV, trials, list(spec.search))
+        analysis = _select(spec, sweep_dir, trials, tracker)
         status = "FINISHED"
     finally:
         tracker.finish(status)
+    return SweepResult(spec.name, sweep_dir, trials, uri, experiment, tracker.parent_run_id, time.perf_counter() - start, analysis)
 
-    trials = tuple(_record(r, spec) for r in grid)
-    write_trials_csv(sweep_dir / TRIALS_CSV, trials, list(spec.search))
-    return SweepResult(spec.name, sweep_dir, trials, uri, experiment, tracker.parent_run_id, time.perf_counter() - start)
+
+def _select(spec: SweepSpec, sweep_dir: Path, trials: tuple[TrialRecord, ...], tracker: SweepTracker):
+    """Label-free selection over the finished trials, logged on the parent run: the
+    ``selection/*`` agreement metrics, the plots, CSV and HTML page, and the pick."""
+    from .report import analyse_sweep, write_report
+    from .selection import selection_metrics
+
+    if not any(t.status == "completed" for t in trials):
+        tracker.set_tag(tracker.parent_run_id, "lejepa_tune.choice", "none: no trial completed")
+        return None
+    analysis = analyse_sweep(sweep_dir, spec, trials)
+    files = write_report(analysis, sweep_dir / "report")
+    tracker.log_metrics(tracker.parent_run_id, selection_metrics(analysis.selection), step=0)
+    tracker.log_artifacts(tracker.parent_run_id, files["html"].parent, "selection")
+    choice = analysis.selection.picks.get(analysis.selection.default)
+    tracker.set_tag(tracker.parent_run_id, "lejepa_tune.criterion", analysis.selection.default)
+    tracker.set_tag(tracker.parent_run_id, "lejepa_tune.choice", choice or "none")
+    return analysis
 
 
 def _record(result, spec: SweepSpec) -> TrialRecord:

@@ -281,9 +281,10 @@ def _online_accuracy(model: LeJEPAModel, val, cfg: Config, device, amp, rank: in
 
 def evaluate_encoder(model: LeJEPAModel, splits, cfg: Config, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
     """Frozen-feature evaluation of the backbone: ``eval/linear_acc`` and ``eval/knn_acc``
-    (labels used to *measure* only), and two label-free signals: ``eval/rankme``, the
-    effective rank of the LeJEPA embeddings (projector outputs, what SIGReg shapes; about 1
-    when they collapse), and ``eval/rankme_backbone``, that of the backbone features."""
+    (labels used to *measure* only), and label-free signals: ``eval/rankme``, the effective
+    rank of the LeJEPA embeddings (projector outputs, what SIGReg shapes), ``eval/rankme_backbone``,
+    that of the backbone features, and ``eval/embed_std``, the embeddings' mean per-coordinate
+    standard deviation."""
     train_x, train_y = extract_features(model.backbone, _eval_loader(splits.train, cfg), device, amp)
     val_x, val_y = extract_features(model.backbone, _eval_loader(splits.val, cfg), device, amp)
     val_z, _ = extract_features(nn.Sequential(model.backbone, model.projector), _eval_loader(splits.val, cfg), device, amp)
@@ -292,6 +293,8 @@ def evaluate_encoder(model: LeJEPAModel, splits, cfg: Config, device: torch.devi
         "eval/knn_acc": knn_accuracy(train_x, train_y, val_x, val_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=splits.num_classes),
         "eval/rankme": rankme(val_z),
         "eval/rankme_backbone": rankme(val_x),
+        # RankMe is scale-free; this is not: ~0 when the embeddings collapse to a point.
+        "eval/embed_std": float(val_z.std(dim=0).mean()),
     }
 
 

@@ -10,8 +10,12 @@ import optuna
 import pytest
 import ray
 import ray.tune
+import timm
+import torch
 from mlflow.tracking import MlflowClient
 
+from lejepa_tune.cli import main
+from lejepa_tune.config import load_config
 from lejepa_tune.search_space import sweep_spec_from_dict
 from lejepa_tune.sweep import load_trials_csv, run_sweep
 
@@ -37,7 +41,7 @@ def make_spec(name, search, tune=None, resources=None, base=None):
     return sweep_spec_from_dict({"name": name, "base": {**TINY_BASE, **(base or {})}, "search": search, "tune": tune or {}, "resources": resources or {}})
 
 
-def test_two_trial_sweep_lands_in_tune_mlflow_and_optuna(local_ray, tmp_path):
+def test_two_trial_sweep_lands_in_tune_mlflow_and_optuna(local_ray, tmp_path, capsys):
     spec = make_spec("two_trials", {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}, {"num_samples": 2, "seed": 0})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_sweep(spec, storage_path=tmp_path / "sweeps", tracking_uri=uri, include_dashboard=False, verbose=0)
@@ -78,6 +82,28 @@ def test_two_trial_sweep_lands_in_tune_mlflow_and_optuna(local_ray, tmp_path):
 
     # The sweep's own table reads back.
     assert {t.trial_id for t in load_trials_csv(result.sweep_dir / "trials.csv")} == {t.trial_id for t in result.trials}
+
+    # Label-free selection on the parent run: agreement metrics and the plots.
+    parent = client.get_run(parent.info.run_id)
+    for criterion in ("loss", "scaled_loss", "yardstick"):
+        assert parent.data.metrics[f"selection/{criterion}/n"] == 2
+        assert f"selection/{criterion}/regret" in parent.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "selection")]
+    assert "selection/report.html" in artifacts and "selection/selection_loss.png" in artifacts
+    assert parent.data.tags["lejepa_tune.criterion"] == "scaled_loss"  # only λ varies
+    assert parent.data.tags["lejepa_tune.choice"] in {t.trial_id for t in result.trials}
+
+    # `lejepa-tune report` (by experiment name) prints them; `select` exports the pick.
+    assert main(["report", "two_trials", "--tracking-uri", uri, "--output-dir", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "default criterion: scaled_loss" in out and "yardstick" in out and (tmp_path / "rep" / "report.html").is_file()
+    assert main(["select", str(result.sweep_dir), "--criterion", "loss", "--export", str(tmp_path / "chosen")]) == 0
+    chosen = json.loads((tmp_path / "chosen" / "selection.json").read_text())
+    best_loss = min(result.trials, key=lambda t: t.metrics["train/loss"])
+    assert chosen["trial_id"] == best_loss.trial_id and chosen["criterion"] == "loss"
+    cfg = load_config(tmp_path / "chosen" / "config.yaml")
+    encoder = timm.create_model(cfg.model.backbone, num_classes=0, **cfg.model.backbone_kwargs)
+    encoder.load_state_dict(torch.load(tmp_path / "chosen" / "encoder.pt"))
 
 
 def test_two_worker_trial_reports_what_each_rank_computed(local_ray, tmp_path):
