@@ -317,10 +317,11 @@ def test_scaled_loss_is_loss_over_lam_to_the_alpha():
 
 
 def test_criteria_read_their_metric_and_mode():
-    t = trial("x", lam=0.1, train__loss=0.3, eval__rankme=12.0, yardstick__loss=2.5, eval__linear_acc=0.9)
+    t = trial("x", lam=0.1, train__loss=0.3, eval__rankme=12.0, eval__rankme_backbone=7.0, yardstick__loss=2.5, eval__linear_acc=0.9)
     assert {n: (c.mode, c.value(t)) for n, c in CRITERIA.items() if n != "scaled_loss"} == {
         "loss": ("min", 0.3),
         "rankme": ("max", 12.0),
+        "rankme_backbone": ("max", 7.0),
         "yardstick": ("min", 2.5),
     }
     assert all(c.description for c in CRITERIA.values())
