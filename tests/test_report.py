@@ -21,10 +21,10 @@ def trial(tid, status="completed", **values):
 
 
 TRIALS = [
-    trial("t0", lam=0.01, bs=32, train__loss=0.30, eval__rankme=20.0, yardstick__loss=3.0, eval__linear_acc=0.80),
-    trial("t1", lam=0.05, bs=64, train__loss=0.50, eval__rankme=25.0, yardstick__loss=2.0, eval__linear_acc=0.85),
-    trial("t2", lam=0.20, bs=32, train__loss=0.90, eval__rankme=30.0, yardstick__loss=1.0, eval__linear_acc=0.90),
-    trial("t3", lam=0.10, bs=64, train__loss=0.60, eval__rankme=math.nan, yardstick__loss=4.0, eval__linear_acc=0.70),
+    trial("t0", eval__rankme_backbone=5.0, lam=0.01, bs=32, train__loss=0.30, eval__rankme=20.0, yardstick__loss=3.0, eval__linear_acc=0.80),
+    trial("t1", eval__rankme_backbone=6.0, lam=0.05, bs=64, train__loss=0.50, eval__rankme=25.0, yardstick__loss=2.0, eval__linear_acc=0.85),
+    trial("t2", eval__rankme_backbone=7.0, lam=0.20, bs=32, train__loss=0.90, eval__rankme=30.0, yardstick__loss=1.0, eval__linear_acc=0.90),
+    trial("t3", eval__rankme_backbone=4.0, lam=0.10, bs=64, train__loss=0.60, eval__rankme=math.nan, yardstick__loss=4.0, eval__linear_acc=0.70),
     trial("t4", "error", lam=0.45, bs=32, train__loss=math.nan),
 ]
 
@@ -52,8 +52,8 @@ def test_format_table_and_trials_table_still_work():
 def test_format_selection(report):
     text = format_selection(report)
     lines = text.splitlines()
-    rows = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in lines[4:8]}
-    assert set(rows) == {"loss", "scaled_loss", "rankme", "yardstick"}
+    rows = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in lines[4:9]}
+    assert set(rows) == {"loss", "scaled_loss", "rankme", "rankme_backbone", "yardstick"}
     assert rows["yardstick"].startswith("* yardstick")  # the default is starred
     assert " NO " in rows["loss"] and " NO " in rows["scaled_loss"] and " yes " in rows["rankme"]
     assert rows["rankme"].split()[-1] == "t3"  # its excluded trial, listed
@@ -86,7 +86,7 @@ def test_write_csv_has_every_trial_and_criterion(report, tmp_path):
     by_id = {r["trial_id"]: r for r in rows}
     assert float(by_id["t1"]["criterion/scaled_loss"]) == pytest.approx(0.50 / 0.05**0.4)
     assert float(by_id["t2"]["criterion/yardstick"]) == 1.0
-    assert by_id["t2"]["picked_by"] == "rankme yardstick" and by_id["t0"]["picked_by"] == "loss"
+    assert by_id["t2"]["picked_by"] == "rankme rankme_backbone yardstick" and by_id["t0"]["picked_by"] == "loss"
     assert by_id["t3"]["criterion/rankme"] == "" and by_id["t4"]["train/loss"] == ""  # nan -> blank
     assert by_id["t4"]["status"] == "error" and by_id["t4"]["eval/linear_acc"] == ""
 

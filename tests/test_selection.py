@@ -402,7 +402,7 @@ def test_evaluate_criteria_over_completed_trials():
     assert report.default == "scaled_loss" and "loss.lam" in report.reason
     # The diverged and the stopped trials are listed, never scored.
     assert dict(report.not_completed) == {"t4": "error", "t5": "stopped"}
-    assert report.picks == {"loss": "t0", "scaled_loss": "t3", "rankme": "t2", "yardstick": None}
+    assert report.picks == {"loss": "t0", "scaled_loss": "t3", "rankme": "t2", "rankme_backbone": None, "yardstick": None}
     assert report.best_by_accuracy == "t2"
     assert report.lams["t3"] == 0.1 and report.alpha == 0.4
     # Values for every trial, nan where undefined.
