@@ -128,7 +128,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    train(cfg, report=report, device=device)
+    train(cfg, report=report, device=device, verbose=False)  # Tune shows the metrics
 
 
 def _trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, cpus: float, gpus: float) -> None:
@@ -279,7 +279,8 @@ def _record(result, spec: SweepSpec) -> TrialRecord:
     if result.error is not None:
         status, error = "error", str(result.error).strip().splitlines()[-1][:500] if str(result.error).strip() else type(result.error).__name__
     else:
-        done = int(metrics.get("epoch", 0)) >= spec.base.train.epochs
+        epochs = int(params.get("train.epochs", spec.base.train.epochs))  # epochs may be searched
+        done = int(metrics.get("epoch", 0)) >= epochs
         status, error = ("completed" if done else "stopped"), None
     return TrialRecord(trial_id, status, params, numeric, metrics.get("checkpoint_path"), error)
 

@@ -113,11 +113,12 @@ def build_optimizer(model: LeJEPAModel, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups)
 
 
-def train(cfg: Config, report: Reporter | None = None, device: torch.device | None = None) -> dict[str, float]:
+def train(cfg: Config, report: Reporter | None = None, device: torch.device | None = None, verbose: bool = True) -> dict[str, float]:
     """Trains LeJEPA as configured; returns the last metrics (with ``eval/*`` when enabled).
 
     ``report(metrics, checkpoint_dir)`` is called once per epoch on every rank with metrics
     averaged over ranks (with ``epochs = 0``, once, with the evaluation of the untrained model).
+    Rank 0 also appends them to ``metrics.jsonl`` and, if ``verbose``, prints them.
     """
     device = device or resolve_device(cfg.train.device)
     if device.type == "cuda":
@@ -183,7 +184,7 @@ def train(cfg: Config, report: Reporter | None = None, device: torch.device | No
         ckpt = None
         if cfg.train.save_checkpoint and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
             ckpt = save_checkpoint(model, cfg, out_dir / "checkpoint", metrics) if rank == 0 else None
-        _log(metrics, out_dir, rank)
+        _log(metrics, out_dir, rank, verbose)
         if report is not None:
             report(metrics, ckpt)
 
@@ -192,7 +193,7 @@ def train(cfg: Config, report: Reporter | None = None, device: torch.device | No
         if cfg.eval.enabled:
             metrics.update(_evaluate_on_rank0(model, splits, cfg, device, amp, rank, world))
         ckpt = save_checkpoint(model, cfg, out_dir / "checkpoint", metrics) if rank == 0 and cfg.train.save_checkpoint else None
-        _log(metrics, out_dir, rank)
+        _log(metrics, out_dir, rank, verbose)
         if report is not None:
             report(metrics, ckpt)
     if created_group:
@@ -324,11 +325,11 @@ def _log_rank(out_dir: Path, rank: int, epoch: int, local: dict[str, float], red
         f.write(json.dumps({"epoch": epoch, "local": local, "reduced": reduced}) + "\n")
 
 
-def _log(metrics: dict[str, float], out_dir: Path, rank: int) -> None:
+def _log(metrics: dict[str, float], out_dir: Path, rank: int, verbose: bool) -> None:
     if rank != 0:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
-    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-    print(shown, flush=True)
+    if verbose:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)

@@ -1,0 +1,133 @@
+"""How well does the label-free pick agree with the linear probe? Two real sweeps on the
+bundled digits (2 CPU cores), every criterion scored against eval/linear_acc:
+
+* sweep A varies λ, the learning rate and the number of epochs (as the paper's Figure does);
+* sweep B varies the batch size and the number of views (and λ): raw losses are then on
+  different scales, which only the fixed-yardstick loss is built to survive.
+
+    python experiments/label_free_selection.py                # the README's numbers (~25 min)
+    python experiments/label_free_selection.py --smoke-test   # tiny, for CI
+
+Labels are used only to score the criteria, never to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import ray
+
+from lejepa_tune.report import format_table
+from lejepa_tune.search_space import sweep_spec_from_dict
+from lejepa_tune.sweep import run_sweep
+
+# The paper (LeJEPA, arXiv 2511.08544): Spearman between training loss and linear-probe
+# accuracy over runs varying λ, lr, weight decay and epochs.
+PAPER = {"loss": 0.85, "scaled_loss": 0.99}
+
+SWEEPS = {
+    "A_lambda_lr_epochs": {
+        "search": {
+            "loss.lam": {"type": "loguniform", "low": 0.005, "high": 0.5},
+            "optim.lr": {"type": "loguniform", "low": 0.0003, "high": 0.005},
+            "train.epochs": {"type": "int", "low": 1, "high": 6},
+        },
+        "num_samples": 16,
+        "base": {"train": {"epochs": 6}},
+    },
+    "B_batch_views": {
+        "search": {
+            "train.batch_size": {"type": "choice", "values": [32, 64, 128]},
+            "views.n_global": {"type": "choice", "values": [2, 4]},
+            "loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.3},
+        },
+        "num_samples": 10,
+        "base": {"train": {"epochs": 4}},
+    },
+}
+
+SMOKE_BASE = {
+    "data": {"max_train_samples": 128, "max_val_samples": 60},
+    "model": {"backbone_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 3}, "proj_hidden_dims": [64]},
+    "loss": {"num_slices": 32},
+    "eval": {"linear_max_iter": 100},
+}
+
+
+def build_spec(name: str, sweep: dict, smoke: bool, tracking_uri: str):
+    base = {**sweep["base"]}
+    search = dict(sweep["search"])
+    if smoke:
+        base = {**SMOKE_BASE, "train": {"epochs": 1, "batch_size": 32}}
+        if "train.epochs" in search:
+            search["train.epochs"] = {"type": "int", "low": 1, "high": 2}
+            base["train"]["epochs"] = 2
+        if "train.batch_size" in search:
+            search["train.batch_size"] = {"type": "choice", "values": [16, 32]}
+    return sweep_spec_from_dict({
+        "name": name,
+        "base": base,
+        "search": search,
+        "tune": {"num_samples": 3 if smoke else sweep["num_samples"], "seed": 0},
+        "selection": {"yardstick_batch_size": 32 if smoke else 256},
+        "tracking": {"tracking_uri": tracking_uri},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke-test", action="store_true", help="3 tiny trials per sweep, for CI")
+    parser.add_argument("--output-dir", default=None, help="sweeps, MLflow database and results.json (default: a temporary directory)")
+    args = parser.parse_args()
+    root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_selection_")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    results = {}
+    for name, sweep in SWEEPS.items():
+        spec = build_spec(name, sweep, args.smoke_test, uri)
+        result = run_sweep(spec, storage_path=root / "sweeps", include_dashboard=False, verbose=0)
+        sel = result.analysis.selection
+        completed = sum(t.status == "completed" for t in result.trials)
+        acc = [t.metrics.get("eval/linear_acc", math.nan) for t in result.trials if t.status == "completed"]
+        results[name] = {
+            "sweep_dir": str(result.sweep_dir),
+            "trials": len(result.trials),
+            "completed": completed,
+            "minutes": result.elapsed_s / 60,
+            "linear_acc_range": [min(acc), max(acc)] if acc else None,
+            "default": sel.default,
+            "criteria": {
+                c: {
+                    "valid": sel.validity[c].valid,
+                    "n": sel.agreements[c].n,
+                    "spearman": sel.agreements[c].spearman,
+                    "spearman_ci": list(sel.agreements[c].spearman_ci),
+                    "kendall": sel.agreements[c].kendall,
+                    "regret": sel.agreements[c].regret,
+                    "top3_overlap": sel.agreements[c].top3_overlap,
+                }
+                for c in sel.criteria
+            },
+        }
+    ray.shutdown()
+    (root / "results.json").write_text(json.dumps(results, indent=2))
+
+    for name, r in results.items():
+        print(f"\n{name}: {r['completed']}/{r['trials']} trials completed in {r['minutes']:.1f} min; "
+              f"eval/linear_acc from {r['linear_acc_range'][0]:.3f} to {r['linear_acc_range'][1]:.3f}; default criterion: {r['default']}")
+        rows = []
+        for c, v in r["criteria"].items():
+            lo, hi = v["spearman_ci"]
+            rows.append([c, "yes" if v["valid"] else "NO", v["n"], v["spearman"], f"[{lo:.2f}, {hi:.2f}]", v["kendall"], v["regret"], v["top3_overlap"], PAPER.get(c, "-")])
+        print(format_table(["criterion", "valid", "n", "spearman", "95% CI", "kendall", "regret", "top3", "paper spearman"], rows))
+    print(f"\nresults: {root / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
