@@ -124,14 +124,18 @@ def format_selection(report) -> str:
         f"default criterion: {report.default} -> trial {report.picks[report.default] or '(none)'}",
         f"  why: {report.reason}",
     ]
-    for names, why in _invalid(report):
-        lines.append(f"  {' and '.join(names)} {'is' if len(names) == 1 else 'are'} not valid here: {why}")
-    if report.best_by_accuracy is not None:
-        lines.append(f"best by {report.accuracy} (labels, for reference only): trial {report.best_by_accuracy}")
-    if report.not_completed:
-        shown = ", ".join(f"{t} ({s})" for t, s in report.not_completed.items())
-        lines.append(f"not completed, never picked nor scored: {shown}")
+    lines += _notes(report)
     return "\n".join(lines)
+
+
+def _notes(report) -> list[str]:
+    """The sentences that follow the default criterion, in the terminal and the HTML page."""
+    notes = [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not valid here: {why}" for names, why in _invalid(report)]
+    if report.best_by_accuracy is not None:
+        notes.append(f"best by {report.accuracy} (labels, for reference only): trial {report.best_by_accuracy}")
+    if report.not_completed:
+        notes.append("not completed, never picked nor scored: " + ", ".join(f"{t} ({s})" for t, s in report.not_completed.items()))
+    return notes
 
 
 def _plot_points(report, trials, name: str) -> tuple[list[str], list[float], list[float], list[float]]:
@@ -287,13 +291,7 @@ def write_html(report, trials, plots: Sequence[str | Path], path: str | Path) ->
         f"<p><b>Default criterion: {esc(report.default)}</b> &rarr; trial {esc(report.picks[report.default] or '(none)')}"
         f" (bold row). Why: {esc(report.reason)}.</p>"
     ]
-    for names, why in _invalid(report):
-        notes.append(f'<p class="note">{esc(" and ".join(names))} {"is" if len(names) == 1 else "are"} not valid for this sweep: {esc(why)}.</p>')
-    if report.best_by_accuracy is not None:
-        notes.append(f'<p class="note">Best by {esc(report.accuracy)} (labels, for reference only): trial {esc(report.best_by_accuracy)}.</p>')
-    if report.not_completed:
-        shown = ", ".join(f"{t} ({s})" for t, s in report.not_completed.items())
-        notes.append(f'<p class="note">Not completed, never picked nor scored: {esc(shown)}.</p>')
+    notes += [f'<p class="note">{esc(note[0].upper() + note[1:])}.</p>' for note in _notes(report)]
     images = "".join(
         f'<img src="{esc(Path(os.path.relpath(Path(p), path.parent)).as_posix())}" alt="{esc(Path(p).stem)}">' for p in plots
     )
