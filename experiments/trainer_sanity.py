@@ -37,9 +37,9 @@ def main() -> None:
         cfg = load_config(None, [*overrides, f"train.output_dir={root / f'run{i}'}", "train.save_checkpoint=false"])
         start = time.perf_counter()
         metrics = train(cfg)
-        rows.append([name, cfg.train.epochs, cfg.loss.lam, metrics.get("train/loss"), metrics["eval/linear_acc"], metrics["eval/knn_acc"], metrics["eval/rankme"], metrics["eval/rankme_backbone"], time.perf_counter() - start])
+        rows.append([name, cfg.train.epochs, cfg.loss.lam, metrics.get("train/loss"), metrics["eval/linear_acc"], metrics["eval/knn_acc"], metrics["eval/rankme"], metrics["eval/rankme_backbone"], metrics["eval/embed_std"], time.perf_counter() - start])
     print()
-    print(format_table(["run", "epochs", "lambda", "train/loss", "eval/linear_acc", "eval/knn_acc", "eval/rankme", "eval/rankme_backbone", "seconds"], rows))
+    print(format_table(["run", "epochs", "lambda", "train/loss", "eval/linear_acc", "eval/knn_acc", "eval/rankme", "eval/rankme_backbone", "eval/embed_std", "seconds"], rows))
 
 
 if __name__ == "__main__":

@@ -119,3 +119,19 @@ def test_run_with_a_missing_dataset_fails_before_starting_ray(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert str(path) in err and "base.data.dataset" in err and "\n" not in err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_asha_and_resources_follow_the_spec(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from lejepa_tune.sweep import _scheduler, resolve_resources
+
+    spec = load_sweep_spec(write(tmp_path, GOOD), ["train.epochs=6", "tune.grace_period=2", "tune.reduction_factor=3"])
+    asha = _scheduler(spec)
+    assert isinstance(asha, ASHAScheduler)
+    assert (asha._time_attr, asha._metric, asha._mode, asha._max_t) == ("training_iteration", "train/loss", "min", 6)
+    assert isinstance(_scheduler(load_sweep_spec(write(tmp_path, "name: s\n", "plain.yaml"))), FIFOScheduler)
+    # 2 workers x 1 CPU per trial: 16 CPUs hold 8 trials; with 4 GPUs, 2 trials of 2 GPU workers.
+    assert resolve_resources(spec, {"CPU": 16}) == (1.0, 0.0, 8)
+    assert resolve_resources(spec, {"CPU": 16, "GPU": 4}) == (1.0, 1.0, 2)
+    assert resolve_resources(spec, {"CPU": 1}) == (1.0, 0.0, 1)
