@@ -7,6 +7,7 @@ bundled digits (2 CPU cores), every criterion scored against eval/linear_acc:
 
     python experiments/label_free_selection.py                # the README's numbers (~25 min)
     python experiments/label_free_selection.py --smoke-test   # tiny, for CI
+    python experiments/label_free_selection.py --analyse-only --output-dir DIR   # re-score DIR's sweeps
 
 Labels are used only to score the criteria, never to choose.
 """
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import ray
 
-from lejepa_tune.report import format_table
+from lejepa_tune.report import analyse_sweep, format_table
 from lejepa_tune.search_space import sweep_spec_from_dict
+from lejepa_tune.selection import spearman
 from lejepa_tune.sweep import run_sweep
 
 # The paper (LeJEPA, arXiv 2511.08544): Spearman between training loss and linear-probe
@@ -78,29 +80,47 @@ def build_spec(name: str, sweep: dict, smoke: bool, tracking_uri: str):
     })
 
 
+def _latest(root: Path, name: str) -> Path:
+    found = sorted((root / "sweeps").glob(f"{name}_*"))
+    if not found:
+        raise SystemExit(f"{root / 'sweeps'}: no {name} sweep to analyse")
+    return found[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke-test", action="store_true", help="3 tiny trials per sweep, for CI")
     parser.add_argument("--output-dir", default=None, help="sweeps, MLflow database and results.json (default: a temporary directory)")
+    parser.add_argument("--analyse-only", action="store_true", help="re-score the latest sweeps already in --output-dir, without running them")
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_selection_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
 
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     results = {}
-    for name, sweep in SWEEPS.items():
-        spec = build_spec(name, sweep, args.smoke_test, uri)
-        result = run_sweep(spec, storage_path=root / "sweeps", include_dashboard=False, verbose=0)
-        sel = result.analysis.selection
-        completed = sum(t.status == "completed" for t in result.trials)
-        acc = [t.metrics.get("eval/linear_acc", math.nan) for t in result.trials if t.status == "completed"]
+    if args.analyse_only:
+        analyses = {name: analyse_sweep(_latest(root, name)) for name in SWEEPS}
+        minutes = {name: math.nan for name in SWEEPS}
+    else:
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        analyses, minutes = {}, {}
+        for name, sweep in SWEEPS.items():
+            result = run_sweep(build_spec(name, sweep, args.smoke_test, uri), storage_path=root / "sweeps", include_dashboard=False, verbose=0)
+            analyses[name], minutes[name] = result.analysis, result.elapsed_s / 60
+        ray.shutdown()
+    for name, analysis in analyses.items():
+        sel = analysis.selection
+        done = [t for t in analysis.trials if t.status == "completed"]
+        acc = [t.metrics.get("eval/linear_acc", math.nan) for t in done]
+        # The yardstick's two parts on their own (lower is better for both).
+        parts = {key: spearman([-t.metrics.get(key, math.nan) for t in done], acc) for key in ("yardstick/inv", "yardstick/sigreg")}
         results[name] = {
-            "sweep_dir": str(result.sweep_dir),
-            "trials": len(result.trials),
-            "completed": completed,
-            "minutes": result.elapsed_s / 60,
+            "sweep_dir": str(analysis.sweep_dir),
+            "trials": len(analysis.trials),
+            "completed": len(done),
+            "minutes": minutes[name],
             "linear_acc_range": [min(acc), max(acc)] if acc else None,
+            "yardstick_parts_spearman": parts,
             "default": sel.default,
             "criteria": {
                 c: {
@@ -115,16 +135,18 @@ def main() -> None:
                 for c in sel.criteria
             },
         }
-    ray.shutdown()
     (root / "results.json").write_text(json.dumps(results, indent=2))
 
     for name, r in results.items():
-        print(f"\n{name}: {r['completed']}/{r['trials']} trials completed in {r['minutes']:.1f} min; "
+        took = f" in {r['minutes']:.1f} min" if math.isfinite(r["minutes"]) else ""
+        print(f"\n{name}: {r['completed']}/{r['trials']} trials completed{took}; "
               f"eval/linear_acc from {r['linear_acc_range'][0]:.3f} to {r['linear_acc_range'][1]:.3f}; default criterion: {r['default']}")
         rows = []
         for c, v in r["criteria"].items():
             lo, hi = v["spearman_ci"]
             rows.append([c, "yes" if v["valid"] else "NO", v["n"], v["spearman"], f"[{lo:.2f}, {hi:.2f}]", v["kendall"], v["regret"], v["top3_overlap"], PAPER.get(c, "-")])
+        for key, rho in r["yardstick_parts_spearman"].items():
+            rows.append([f"  ({key} alone)", "", r["completed"], rho, "", "", "", "", "-"])
         print(format_table(["criterion", "valid", "n", "spearman", "95% CI", "kendall", "regret", "top3", "paper spearman"], rows))
     print(f"\nresults: {root / 'results.json'}")
 
