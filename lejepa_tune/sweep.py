@@ -125,6 +125,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if "train/loss" in metrics and cfg.loss.lam > 0:
+            # The paper's λ-corrected loss, per epoch, so that Tune's search and ASHA can use it
+            # (tune.metric: train/scaled_loss) when λ is searched.
+            metrics = {**metrics, "train/scaled_loss": metrics["train/loss"] / cfg.loss.lam ** loop_config["alpha"]}
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -141,7 +145,7 @@ def _trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, 
     resources = {"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {})
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
-        train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus},
+        train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus, "alpha": spec.selection.alpha},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.resources.num_workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             # Named after the trial id (no timestamp), so a restarted trial finds its run.

@@ -51,6 +51,8 @@ def test_two_trial_sweep_lands_in_tune_mlflow_and_optuna(local_ray, tmp_path, ca
     analysis = ray.tune.ExperimentAnalysis(str(result.sweep_dir / "tune"))
     frame = analysis.dataframe()
     assert len(frame) == 2 and frame["train/loss"].notna().all()
+    for t in result.trials:  # the λ-corrected loss, per epoch, for search and scheduling
+        assert t.metrics["train/scaled_loss"] == pytest.approx(t.metrics["train/loss"] / t.params["loss.lam"] ** 0.4)
     lams = sorted(t.params["loss.lam"] for t in result.trials)
     assert lams[0] != lams[1] and 0.01 <= lams[0] <= lams[1] <= 0.5
 
