@@ -281,7 +281,8 @@ def _record(result, spec: SweepSpec) -> TrialRecord:
     params = {k: result.config.get(k) for k in spec.search} if result.config else {}
     numeric = {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
     if result.error is not None:
-        status, error = "error", str(result.error).strip().splitlines()[-1][:500] if str(result.error).strip() else type(result.error).__name__
+        text = str(result.error).strip()  # the last line of a traceback is the exception
+        status, error = "error", text.splitlines()[-1][:500] if text else type(result.error).__name__
     else:
         epochs = int(params.get("train.epochs", spec.base.train.epochs))  # epochs may be searched
         done = int(metrics.get("epoch", 0)) >= epochs

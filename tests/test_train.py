@@ -17,15 +17,9 @@ from lejepa_tune.config import load_config
 from lejepa_tune.models import build_model
 from lejepa_tune.train import TrainingDiverged, autocast_dtype, lr_factor, resolve_device, train
 
-TINY = [
-    "data.max_train_samples=128",
-    "data.max_val_samples=60",
-    "train.batch_size=32",
-    "loss.num_slices=32",
-    "model.proj_hidden_dims=[64]",
-    "model.backbone_kwargs.depth=1",
-    "eval.linear_max_iter=100",
-]
+from tiny import TINY as TINY_BASE
+
+TINY = [*TINY_BASE, "eval.linear_max_iter=100"]
 
 
 def tiny_config(tmp_path, *extra):

@@ -17,16 +17,9 @@ from lejepa_tune.selection import evaluate_criteria, merge_metrics
 from lejepa_tune.sweep import TrialRecord
 from lejepa_tune.train import train
 from lejepa_tune.yardstick import YARDSTICK_KEYS, Yardstick, find_checkpoint, load_encoder, yardstick_for_sweep, yardstick_loss
+from tiny import TINY as TINY_BASE
 
-TINY = [
-    "data.max_train_samples=128",
-    "data.max_val_samples=60",
-    "train.batch_size=32",
-    "loss.num_slices=32",
-    "model.proj_hidden_dims=[64]",
-    "model.backbone_kwargs.depth=1",
-    "eval.enabled=false",
-]
+TINY = [*TINY_BASE, "eval.enabled=false"]
 # No blur: the views are the same kind, and much faster to make on a loaded 2-core machine.
 VIEWS = ViewsConfig(blur_prob=0.0)
 
