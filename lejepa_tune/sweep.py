@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .config import config_from_dict, config_to_dict, to_plain
 from .search_space import SweepSpec, trial_config
-from .tracking import MLflowTrialCallback, SweepTracker, resolve_tracking_uri
+from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .train import train
 
 __all__ = [
@@ -279,7 +279,7 @@ def _record(result, spec: SweepSpec) -> TrialRecord:
     metrics = dict(result.metrics or {})
     trial_id = str(metrics.get("trial_id") or Path(result.path).name)
     params = {k: result.config.get(k) for k in spec.search} if result.config else {}
-    numeric = {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric = numeric_metrics(metrics)
     if result.error is not None:
         text = str(result.error).strip()  # the last line of a traceback is the exception
         status, error = "error", text.splitlines()[-1][:500] if text else type(result.error).__name__

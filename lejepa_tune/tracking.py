@@ -25,6 +25,7 @@ __all__ = [
     "ROLE_TAG",
     "SWEEP_DIR_TAG",
     "resolve_tracking_uri",
+    "numeric_metrics",
     "SweepTracker",
     "MLflowTrialCallback",
 ]
@@ -33,8 +34,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE_TAG = "lejepa_tune.role"
 SWEEP_DIR_TAG = "lejepa_tune.sweep_dir"
 TRIAL_ID_TAG = "lejepa_tune.trial_id"
-# Epoch-level bookkeeping Tune adds to every result; not worth a metric each.
-_SKIP_RESULT_KEYS = {"epoch", "checkpoint_path"}
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
 
@@ -51,12 +50,10 @@ def _params(data: Mapping[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:6000]) for k, v in sorted(flatten_dict(data).items())]
 
 
-def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if k not in _SKIP_RESULT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k
-    }
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The namespaced numbers of a result (``train/loss``, ``eval/linear_acc``...), without
+    Tune's own bookkeeping (``epoch``, ``training_iteration``, ``checkpoint_path``...)."""
+    return {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class SweepTracker:
@@ -136,7 +133,7 @@ class MLflowTrialCallback(Callback):
         run_id = self._run_id(trial)
         self.last_results[trial.trial_id] = dict(result)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.tracker.log_metrics(run_id, _numeric(result), step)
+        self.tracker.log_metrics(run_id, numeric_metrics(result), step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .config import Config, OptimConfig, save_config
 from .data import build_datasets
@@ -288,7 +288,8 @@ def evaluate_encoder(model: LeJEPAModel, splits, cfg: Config, device: torch.devi
     standard deviation."""
     train_x, train_y = extract_features(model.backbone, _eval_loader(splits.train, cfg), device, amp)
     val_x, val_y = extract_features(model.backbone, _eval_loader(splits.val, cfg), device, amp)
-    val_z, _ = extract_features(nn.Sequential(model.backbone, model.projector), _eval_loader(splits.val, cfg), device, amp)
+    # The embeddings from the features already extracted: no second pass of the backbone.
+    val_z, _ = extract_features(model.projector, DataLoader(TensorDataset(val_x, val_y), batch_size=cfg.eval.batch_size), device, amp)
     return {
         "eval/linear_acc": linear_probe_accuracy(train_x, train_y, val_x, val_y, max_iter=cfg.eval.linear_max_iter, seed=cfg.train.seed),
         "eval/knn_acc": knn_accuracy(train_x, train_y, val_x, val_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=splits.num_classes),

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from .config import ViewsConfig, load_config
 from .losses import SIGReg, invariance
 from .models import Projector, create_backbone
+from .train import resolve_device
 from .views import build_views
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class Yardstick:
     def __call__(self, checkpoint_dir: str | Path, device: torch.device | str | None = None) -> dict[str, float]:
         """``{"yardstick/loss", "yardstick/inv", "yardstick/sigreg"}`` of the checkpoint's
         encoder: means over the batches. The global torch RNG is left as it was."""
-        device = torch.device(device) if device is not None else _default_device()
+        device = torch.device(device) if device is not None else resolve_device("auto")
         with torch.random.fork_rng(devices=[]):  # building the modules draws initial weights
             backbone, projector = load_encoder(checkpoint_dir)
         backbone.to(device)
@@ -185,10 +186,6 @@ class Yardstick:
         inv, sig = inv_sum / self.num_batches, sig_sum / self.num_batches
         loss = (1.0 - self.lam) * inv + self.lam * sig
         return dict(zip(YARDSTICK_KEYS, (loss, inv, sig)))
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def yardstick_loss(
