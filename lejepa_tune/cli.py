@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="export the encoder chosen without labels")
     p.add_argument("sweep", help="a sweep directory, or an MLflow experiment name (its latest sweep)")
-    p.add_argument("--criterion", help="loss, scaled_loss, rankme, rankme_backbone or yardstick (default: the one valid for the sweep)")
+    p.add_argument("--criterion", help="a label-free criterion: objective (the default), loss, scaled_loss, backbone/gmi... (see `lejepa-tune report`)")
     p.add_argument("--export", required=True, metavar="DIR", help="where encoder.pt, projector.pt, config.yaml and selection.json are written")
     p.add_argument("--tracking-uri", help="MLflow tracking URI, to find an experiment by name")
     p.set_defaults(func=_cmd_select)
@@ -89,117 +89,90 @@ def _check_dataset(spec) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import analyse_and_report, publish
     from .report import format_selection, format_trials_table
     from .sweep import run_sweep
 
     spec = _load_spec(args)
     _check_dataset(spec)
-    result = run_sweep(
+    records = run_sweep(
         spec,
         storage_path=args.storage_path,
         address=args.address,
         tracking_uri=args.tracking_uri,
         include_dashboard=not args.no_dashboard,
     )
-    analysis = result.analysis
-    choice = analysis.selection.picks.get(analysis.selection.default) if analysis else None
+    analysis, files = analyse_and_report(records)
+    publish(analysis, records, files["html"].parent if files else None)
     print()
-    print(format_trials_table(analysis.trials if analysis else result.trials, list(spec.search), spec.tune.metric, mark=choice))
-    if analysis is not None:
+    if analysis is None:
+        print(f"No trial completed: nothing to choose. Trials: {', '.join(f'{t.trial_id} ({t.status})' for t in records.trials)}")
+    else:
+        print(format_trials_table(analysis))
         print()
-        print(format_selection(analysis.selection))
-        _print_choice(analysis, choice)
-    minutes, seconds = divmod(result.elapsed_s, 60)
-    print(f"\nSweep '{spec.name}': {len(result.trials)} trials in {int(minutes)} min {seconds:.0f} s; results in {result.sweep_dir}")
-    print(f"Report: {result.sweep_dir / 'report' / 'report.html'}")
-    return 0 if choice is not None else 1
+        print(format_selection(analysis))
+        _print_choice(analysis)
+    minutes, seconds = divmod(records.elapsed_s, 60)
+    print(f"\nSweep '{spec.name}': {len(records.trials)} trials in {int(minutes)} min {seconds:.0f} s; results in {records.sweep_dir}")
+    if files:
+        print(f"Report: {files['html']}")
+    return 0 if analysis is not None and analysis.choice is not None else 1
 
 
-def _print_choice(analysis, choice: str | None) -> None:
-    criterion = analysis.selection.default
+def _print_choice(analysis) -> None:
+    from .records import trial_label
+
+    choice = analysis.choice
     if choice is None:
-        print(f"\nLabel-free choice ({criterion}): none (no completed trial has a value)")
         return
-    trial = next(t for t in analysis.trials if t.trial_id == choice)
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-    print(f"\nLabel-free choice ({criterion}): trial {choice} ({shown})")
-    print(f"  export it: lejepa-tune select {analysis.sweep_dir} --export DIR")
-
-
-def _resolve_sweep_dir(sweep: str, tracking_uri: str | None) -> Path:
-    """A sweep directory, or an MLflow experiment name (its most recent sweep)."""
-    path = Path(sweep)
-    if path.is_dir():
-        return path
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import ROLE_TAG, SWEEP_DIR_TAG, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(sweep)
-    if exp is None:
-        raise ConfigError(f"{sweep}: neither a sweep directory nor an MLflow experiment at {uri}")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs or SWEEP_DIR_TAG not in runs[0].data.tags:
-        raise ConfigError(f"{sweep}: the MLflow experiment has no sweep run")
-    return Path(runs[0].data.tags[SWEEP_DIR_TAG])
-
-
-def _analysis(args: argparse.Namespace):
-    from .report import analyse_sweep
-
-    sweep_dir = _resolve_sweep_dir(args.sweep, args.tracking_uri)
-    try:
-        return analyse_sweep(sweep_dir)
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from None
+    trial = next(t for t in analysis.records.trials if t.trial_id == choice)
+    print(f"\nLabel-free choice ({analysis.selection.default}): trial {choice} ({trial_label(trial.params)})")
+    print(f"  export it: lejepa-tune select {analysis.records.sweep_dir} --export DIR")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import format_selection, format_trials_table, write_report
+    from .pipeline import analyse_and_report, load_records
+    from .report import format_selection, format_trials_table
 
-    analysis = _analysis(args)
-    choice = analysis.selection.picks.get(analysis.selection.default)
-    print(format_trials_table(analysis.trials, list(analysis.spec.search), analysis.spec.tune.metric, mark=choice))
+    records = load_records(args.sweep, args.tracking_uri)
+    analysis, files = analyse_and_report(records, Path(args.output_dir) if args.output_dir else None)
+    if analysis is None:
+        print(f"{args.sweep}: no trial completed: nothing to report", file=sys.stderr)
+        return 1
+    print(format_trials_table(analysis))
     print()
-    print(format_selection(analysis.selection))
-    files = write_report(analysis, Path(args.output_dir) if args.output_dir else analysis.sweep_dir / "report")
-    print(f"\nPlots, CSV and HTML: {files['html'].parent} (open {files['html'].name})")
+    print(format_selection(analysis))
+    print(f"\nReport (self-contained HTML), trials.csv and criteria.csv: {files['html'].parent}")
     return 0
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    import shutil
+    from .export import export_encoder
+    from .pipeline import load_records
+    from .selection import CRITERIA, choose, criterion_validity, default_criterion
 
-    from .selection import CRITERIA, choose
-    from .yardstick import find_checkpoint
-
-    analysis = _analysis(args)
-    criterion = args.criterion or analysis.selection.default
+    records = load_records(args.sweep, args.tracking_uri)
+    criterion = args.criterion or default_criterion(records.spec)[0]
     if criterion not in CRITERIA:
         raise ConfigError(f"--criterion: unknown criterion {criterion!r} (known: {', '.join(CRITERIA)})")
-    validity = analysis.selection.validity.get(criterion)
-    if validity is not None and not validity.valid:
+    validity = criterion_validity(records.spec.get("search", {}))[criterion]
+    if not validity.valid:
         print(f"warning: {criterion} is not valid for this sweep: {validity.reason}", file=sys.stderr)
-    trial = choose(analysis.trials, criterion, analysis.spec)  # label-free: no accuracy is read
+    trial = choose(records.trials, criterion)  # label-free: no accuracy is read
     if trial is None:
         print(f"lejepa-tune: error: no completed trial has a value for {criterion}", file=sys.stderr)
         return 1
-    checkpoint = find_checkpoint(analysis.sweep_dir, trial)
-    if checkpoint is None:
+    if trial.checkpoint is None:
         print(f"lejepa-tune: error: trial {trial.trial_id} has no checkpoint", file=sys.stderr)
         return 1
-    out = Path(args.export)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("encoder.pt", "projector.pt", "config.yaml"):
-        shutil.copy2(checkpoint / name, out / name)
-    (out / "selection.json").write_text(json.dumps({
-        "sweep": str(analysis.sweep_dir), "trial_id": trial.trial_id, "criterion": criterion,
-        "value": CRITERIA[criterion].value(trial, analysis.spec), "params": dict(trial.params),
-    }, indent=2))
+    selection = {
+        "sweep": records.sweep_dir, "trial_id": trial.trial_id, "criterion": criterion,
+        "value": CRITERIA[criterion].value(trial), "params": dict(trial.params), "checkpoint": trial.checkpoint,
+    }
+    export_encoder(trial.checkpoint, args.export, selection)
     print(f"Chosen by {criterion} (no labels): trial {trial.trial_id} {dict(trial.params)}")
-    print(f"Exported to {out}: encoder.pt (timm backbone state dict), projector.pt, config.yaml, selection.json")
+    print(f"Exported to {args.export}: encoder.pt (timm backbone state dict), projector.pt, config.yaml, selection.json,")
+    print(f"  and timm's layout: timm.create_model('local-dir:{args.export}', pretrained=True, num_classes=0)")
     return 0
 
 
@@ -211,7 +184,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
-    train(cfg)
+    try:
+        train(cfg)
+    except ValueError as err:  # a data or config mismatch found while setting up (batch > dataset...)
+        raise ConfigError(f"{args.config or '<defaults>'}: {err}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"done: outputs in {Path(cfg.train.output_dir).resolve()}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -32,6 +33,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "EvalConfig",
+    "LabelFreeConfig",
     "Config",
     "build_dataclass",
     "load_config",
@@ -119,7 +121,11 @@ class DataConfig:
     # Optional caps (e.g. for smoke tests); ``null`` means the whole split.
     max_train_samples: int | None = field(default=None, metadata=_check(lambda v: v is None or v > 0, "null or an integer > 0"))
     max_val_samples: int | None = field(default=None, metadata=_check(lambda v: v is None or v > 0, "null or an integer > 0"))
+    # DataLoader processes that decode images (only when ``in_memory`` is false).
     num_workers: int = field(default=0, metadata=_check(_non_negative, "an integer >= 0"))
+    # Decode every image once into one uint8 tensor (fast; the default). ``false`` decodes
+    # batches on the fly in ``num_workers`` processes, for datasets larger than memory.
+    in_memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,9 @@ class TrainConfig:
     # "auto": bf16 autocast on CUDA, fp32 on CPU (where bf16 is many times slower).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     output_dir: str = "runs/train"
+    # A checkpoint directory of an earlier run of this config to continue from (its model,
+    # optimiser, step, epoch and random states); ``null`` starts afresh.
+    resume_from: str | None = None
     save_checkpoint: bool = True
     # Every how many epochs a checkpoint is written (the last epoch always is).
     checkpoint_every: int = field(default=1, metadata=_check(_positive, "an integer > 0"))
@@ -199,6 +208,27 @@ class EvalConfig:
     knn_temperature: float = field(default=0.07, metadata=_check(_positive, "a number > 0"))
     linear_max_iter: int = field(default=1000, metadata=_check(_positive, "an integer > 0"))
     batch_size: int = field(default=256, metadata=_check(_positive, "an integer > 0"))
+    # The labelled reference criteria are judged against: a linear probe cross-validated in
+    # this many stratified folds over the labelled images of both splits (at most
+    # ``reference_max_images`` of them, a seeded subset), so every image is scored once.
+    reference_folds: int = field(default=5, metadata=_check(lambda v: v >= 2, "an integer >= 2"))
+    reference_max_images: int = field(default=10000, metadata=_check(lambda v: v >= 20, "an integer >= 20"))
+
+
+@dataclass(frozen=True)
+class LabelFreeConfig:
+    """The fixed label-free evaluation set, measured every epoch: ``num_images`` training
+    images (a subset drawn with ``seed``, labels never read), ``num_views`` views of each made
+    with ``seed``, the same for every trial of a sweep. ``views`` is the recipe of those views
+    (``null``: this run's own ``views``; a sweep fills it with its base recipe, so that trials
+    which search ``views.*`` are still measured on identical pixels)."""
+
+    num_images: int = field(default=256, metadata=_check(lambda v: v >= 8, "an integer >= 8"))
+    num_views: int = field(default=2, metadata=_check(lambda v: v >= 2, "an integer >= 2"))
+    seed: int = 0
+    views: ViewsConfig | None = None
+    # The exponent of the paper's λ-corrected loss ``train/scaled_loss = loss / λ^alpha``.
+    alpha: float = field(default=0.4, metadata=_check(_non_negative, "a number >= 0"))
 
 
 @dataclass(frozen=True)
@@ -210,6 +240,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    labelfree: LabelFreeConfig = field(default_factory=LabelFreeConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,9 +279,10 @@ def _convert(value: Any, tp: Any, path: str, source: str) -> Any:
             if type(None) in args:
                 return None
             raise fail(_type_name(tp))
-        for arg in args:
-            if arg is type(None):
-                continue
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # Optional[X]: X's own error, with its key path
+            return _convert(value, others[0], path, source)
+        for arg in others:
             try:
                 return _convert(value, arg, path, source)
             except ConfigError:
@@ -280,6 +312,8 @@ def _convert(value: Any, tp: Any, path: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
+        if not math.isfinite(value):  # YAML reads 1e400 as inf, and .nan as nan
+            raise fail("a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Labelled image datasets: train/val splits of ``(PIL.Image in RGB mode, int label)`` pairs.
+"""Labelled image datasets: train/val splits of ``(uint8 image (3, S, S), int label)`` pairs.
 
 Three sources, chosen by ``data.dataset``:
 
@@ -11,7 +11,9 @@ Three sources, chosen by ``data.dataset``:
 
 Every image is converted to RGB and brought to ``image_size x image_size`` the same way: crop
 the centred square of the shorter side, then resize it (bicubic). Square images (digits) are
-only resized. Large sources stay lazy: an image is decoded when it is indexed.
+only resized. Files and Hugging Face rows stay lazy (an image is decoded when it is indexed)
+until :func:`as_tensors` decodes a whole split into one uint8 tensor, which is how training
+holds them unless ``data.in_memory`` is false.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.utils.data import Dataset, Subset
 
 from .config import ConfigError, DataConfig
 
-__all__ = ["DatasetError", "DataSplits", "build_datasets"]
+__all__ = ["DatasetError", "DataSplits", "TensorImages", "build_datasets", "as_tensors", "pil_to_uint8"]
 
 _ACCEPTED = "'digits', 'hf:<name>[:<config>]' or 'folder:<path>'"
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -49,7 +51,7 @@ class DatasetError(ConfigError):
 
 @dataclass(frozen=True)
 class DataSplits:
-    """The two splits of one dataset; items are ``(PIL.Image (RGB, image_size^2), int label)``."""
+    """The two splits of one dataset; items are ``(uint8 tensor (3, image_size, image_size), int label)``."""
 
     train: Dataset
     val: Dataset
@@ -89,27 +91,47 @@ def _square_rgb(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
 
 
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> ``uint8 (3, H, W)``."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
 def _first_n(dataset: Dataset, n: int | None) -> Dataset:
     """The first ``n`` items (deterministic), or the whole dataset when ``n`` is None or too big."""
     if n is None or n >= len(dataset):
         return dataset
+    if isinstance(dataset, TensorImages):
+        return TensorImages(dataset.images[:n], dataset.labels[:n])
     return Subset(dataset, range(n))
 
 
-class _InMemoryImages(Dataset):
-    """A list of ready images and labels (small datasets decoded once at load)."""
+class TensorImages(Dataset):
+    """A whole split decoded: ``images uint8 (N, 3, S, S)`` and ``labels int64 (N,)``."""
 
-    def __init__(self, images: Sequence[Image.Image], labels: Sequence[int]):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = list(images)
-        self.labels = [int(y) for y in labels]
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def as_tensors(dataset: Dataset, num_workers: int = 0, batch_size: int = 256) -> TensorImages:
+    """Decodes every image of ``dataset`` once, in ``num_workers`` processes, into one tensor."""
+    if isinstance(dataset, TensorImages):
+        return dataset
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    images, labels = zip(*((x, torch.as_tensor(y)) for x, y in loader)) if len(dataset) else ((), ())
+    if not images:
+        raise DatasetError("data.dataset: the split holds no images")
+    return TensorImages(torch.cat(images), torch.cat(labels))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,10 +149,12 @@ def _digits(size: int, val_fraction: float, seed: int) -> tuple[Dataset, Dataset
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=val_fraction, random_state=seed, stratify=labels
     )
-    images = [_square_rgb(Image.fromarray(p), size) for p in pixels]
+    images = torch.stack([pil_to_uint8(_square_rgb(Image.fromarray(p), size)) for p in pixels])  # (1797, 3, S, S)
+    targets = torch.from_numpy(labels)
 
-    def subset(idx: np.ndarray) -> _InMemoryImages:
-        return _InMemoryImages([images[i] for i in idx], labels[idx].tolist())
+    def subset(idx: np.ndarray) -> TensorImages:
+        index = torch.from_numpy(idx)
+        return TensorImages(images[index], targets[index])
 
     return subset(train_idx), subset(val_idx), 10
 
@@ -189,9 +213,9 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.paths[index]) as image:
-            return _square_rgb(image, self.size), self.labels[index]
+            return pil_to_uint8(_square_rgb(image, self.size)), self.labels[index]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,9 +350,9 @@ class _HFImages(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.data[int(index)]
-        return _square_rgb(_to_pil(row[self.image_column]), self.size), int(row[self.label_column])
+        return pil_to_uint8(_square_rgb(_to_pil(row[self.image_column]), self.size)), int(row[self.label_column])
 
 
 def _to_pil(value: Any) -> Image.Image:

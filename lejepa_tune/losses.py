@@ -16,13 +16,12 @@ Every module here is a plain ``nn.Module`` that is correct under DDP as well as 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
+
+from .distributed import autograd_all_gather, autograd_all_reduce, world_size
 
 __all__ = [
     "SIGReg",
@@ -30,29 +29,7 @@ __all__ = [
     "invariance",
     "LeJEPALoss",
     "LeJEPALossOutput",
-    "autograd_all_reduce",
-    "distributed_world_size",
 ]
-
-
-def autograd_all_reduce(tensor: Tensor) -> Tensor:
-    """Sum over ranks that autograd sees through: returns a *new* tensor (use it; the input is
-    left per-rank), and its backward all-reduces the gradient.
-
-    ``torch.distributed.nn.functional.all_reduce`` is the documented differentiable
-    collective; it warns that it is deprecated in favour of a private module, so the warning
-    is silenced here, and the 2-process equivalence tests guard its behaviour.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*all_reduce is deprecated", category=FutureWarning)
-        return dist_fn.all_reduce(tensor, op=dist.ReduceOp.SUM)
-
-
-def distributed_world_size() -> int:
-    """The number of processes in the default group, 1 when not running distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 def _check_views(proj: Tensor, name: str) -> None:
@@ -120,7 +97,7 @@ class SIGReg(nn.Module):
             # Sums, not means, so that ranks holding different batch sizes combine exactly.
             sums = torch.stack([x_t.cos().sum(1), x_t.sin().sum(1)])  # (2, V, S, T)
             count = torch.tensor(float(n), device=proj.device)
-            if distributed_world_size() > 1:
+            if world_size() > 1:
                 # The autograd-aware collective returns a new tensor (the in-place c10d one
                 # would leave `sums` per-rank); its backward all-reduces the gradient, which
                 # DDP's averaging over ranks then turns into the exact gradient.
@@ -147,8 +124,8 @@ class SpectralRegularizer(nn.Module):
 
     def forward(self, proj: Tensor, step: int | None = None) -> Tensor:
         _check_views(proj, "SpectralRegularizer")
-        if distributed_world_size() > 1:
-            proj = torch.cat(dist_fn.all_gather(proj.contiguous()), dim=1)  # (V, N_global, K)
+        if world_size() > 1:
+            proj = torch.cat(autograd_all_gather(proj), dim=1)  # (V, N_global, K)
         with torch.autocast(device_type=proj.device.type, enabled=False):
             z = proj.float() - proj.float().mean(dim=1, keepdim=True)
             s = torch.linalg.svdvals(z)  # (V, r)
@@ -169,8 +146,12 @@ def invariance(proj: Tensor, n_global: int) -> Tensor:
     _check_views(proj, "invariance")
     if not 1 <= n_global <= proj.size(0):
         raise ValueError(f"n_global must be in [1, {proj.size(0)}], got {n_global}")
-    centre = proj[:n_global].mean(dim=0)  # (N, K)
-    return (proj - centre).square().mean()
+    # fp32 even under bf16 autocast: the loss and the metrics made from it must not be
+    # quantised to bf16's 8 mantissa bits.
+    with torch.autocast(device_type=proj.device.type, enabled=False):
+        z = proj.float()
+        centre = z[:n_global].mean(dim=0)  # (N, K)
+        return (z - centre).square().mean()
 
 
 @dataclass(frozen=True)

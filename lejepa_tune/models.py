@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from .losses import autograd_all_reduce, distributed_world_size
+from .distributed import autograd_all_reduce, world_size
 
 __all__ = ["GlobalBatchNorm1d", "Projector", "LeJEPAModel", "create_backbone", "build_model"]
 
@@ -23,7 +23,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or distributed_world_size() == 1:
+        if not self.training or world_size() == 1:
             return super().forward(x)
         if x.dim() != 2:
             raise ValueError(f"GlobalBatchNorm1d expects (N, C), got {tuple(x.shape)}")
@@ -91,20 +91,19 @@ class LeJEPAModel(nn.Module):
         self.probe = nn.Sequential(nn.LayerNorm(self.embed_dim), nn.Linear(self.embed_dim, num_classes))
 
     def forward(self, global_views: Tensor, local_views: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``global_views (B, Vg, C, G, G)``, optional ``local_views (B, Vl, C, L, L)``.
+        """``global_views (Vg, B, C, G, G)``, optional ``local_views (Vl, B, C, L, L)``
+        (view-major, as :class:`lejepa_tune.views.MultiViews` makes them).
 
         Returns ``emb (Vg, B, D)`` of the global views, ``proj (V, B, K)`` of all views (global
         first) and the probe's ``logits (Vg, B, num_classes)``.
         """
         if global_views.dim() != 5:
-            raise ValueError(f"global_views must be (B, V, C, H, W), got {tuple(global_views.shape)}")
-        b, vg = global_views.shape[:2]
-        # View-major order, so that reshaping gives (V, B, ...) with views contiguous.
-        emb = self.backbone(global_views.transpose(0, 1).flatten(0, 1))  # (Vg*B, D)
+            raise ValueError(f"global_views must be (V, B, C, H, W), got {tuple(global_views.shape)}")
+        vg, b = global_views.shape[:2]
+        emb = self.backbone(global_views.flatten(0, 1))  # (Vg*B, D)
         all_emb = emb
-        if local_views is not None and local_views.size(1) > 0:
-            local_emb = self.backbone(local_views.transpose(0, 1).flatten(0, 1))  # (Vl*B, D)
-            all_emb = torch.cat([emb, local_emb])
+        if local_views is not None and local_views.size(0) > 0:
+            all_emb = torch.cat([emb, self.backbone(local_views.flatten(0, 1))])  # (V*B, D)
         proj = self.projector(all_emb).reshape(-1, b, self.projector.out_dim)  # (V, B, K)
         logits = self.probe(emb.detach()).reshape(vg, b, -1)  # (Vg, B, C)
         return emb.reshape(vg, b, -1), proj, logits

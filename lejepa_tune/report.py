@@ -1,38 +1,43 @@
-"""Reports of a sweep: terminal tables of its trials, and the label-free selection report
-(terminal summary, scatter plots, CSV, a self-contained HTML page)."""
+"""Rendering an analysed sweep: terminal tables, plots, CSV and one self-contained HTML page.
+
+Nothing here computes a statistic: it shows a :class:`~lejepa_tune.analysis.SweepAnalysis`.
+The HTML page embeds its images (``data:`` URIs), so it works opened from disk, from MLflow's
+artifact view, or mailed to a colleague.
+"""
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
-import json
+import io
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
+from .analysis import SweepAnalysis, agreement_rows
+from .metrics import LINEAR_ACC, OBJECTIVE, REFERENCE_ACC
+from .records import SweepRecords, TrialRecord, short_name, trial_label
 
 __all__ = [
     "format_table",
     "format_trials_table",
     "format_selection",
-    "write_plots",
-    "write_csv",
+    "plot_pngs",
+    "write_trials_csv",
     "write_html",
-    "SweepAnalysis",
-    "load_sweep",
-    "analyse_sweep",
     "write_report",
 ]
 
-TABLE_METRICS = ("train/loss", "eval/linear_acc", "eval/knn_acc")
+# The criteria drawn against the reference (the others are in the table and the CSV).
+PLOTTED = ("objective", "loss", "scaled_loss", "backbone/gmi", "backbone/lidar", "backbone/rankme", "backbone/inv_ratio", "backbone/view_nn")
 
 
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -47,268 +52,274 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_trials_table(trials, searched: Sequence[str], metric: str = "train/loss", mark: str | None = None) -> str:
-    """One row per trial: id, status, the searched values and the headline metrics, sorted
-    by the label-free ``metric``; the trial ``mark`` (the label-free pick) is starred."""
-    metrics = [metric, *(m for m in TABLE_METRICS if m != metric)]
+def _searched(records: SweepRecords) -> list[str]:
+    return list(records.spec.get("search", {}))
 
-    def key(t):
-        v = t.metrics.get(metric, math.nan)
-        return (t.status != "completed", math.isnan(v), v)
 
+def format_trials_table(analysis: SweepAnalysis) -> str:
+    """One row per trial, best objective first: id, status, the searched values, the
+    objective, and the labelled reference (for judging only); the choice is starred."""
+    records, sel = analysis.records, analysis.selection
+    crit = sel.default
+    mode = sel.modes[crit]
+    values = sel.values[crit]
+
+    def key(t: TrialRecord):
+        v = values.get(t.trial_id, math.nan)
+        return (t.status != "completed", math.isnan(v), -v if mode == "max" else v)
+
+    searched = _searched(records)
     rows = [
-        [("* " if t.trial_id == mark else "  ") + t.trial_id, t.status, *(t.params.get(k) for k in searched), *(t.metrics.get(m) for m in metrics)]
-        for t in sorted(trials, key=key)
+        [("* " if t.trial_id == sel.choice else "  ") + t.trial_id, t.status, *(t.params.get(k) for k in searched),
+         values.get(t.trial_id), t.metrics.get(REFERENCE_ACC)]
+        for t in sorted(records.trials, key=key)
     ]
-    return format_table(["  trial", "status", *searched, *metrics], rows)
+    return format_table(["  trial", "status", *(short_name(k) for k in searched), crit, f"{REFERENCE_ACC} (labels)"], rows)
 
 
-# ----------------------------------------------------------------------------------------------
-# Label-free selection: terminal summary, scatter plots, CSV and a self-contained HTML page.
-
-
-def _trial_ids(trials) -> list[str]:
-    return [t.trial_id for t in trials]
-
-
-def _ci(ci: tuple[float, float]) -> str:
-    lo, hi = ci
+def _ci(lo: float, hi: float) -> str:
     return "-" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.2f}, {hi:.2f}]"
 
 
-def _selection_rows(report) -> list[list[Any]]:
-    rows = []
-    for name in report.criteria:
-        a = report.agreements[name]
-        valid = report.validity[name].valid
-        rows.append([
-            ("* " if name == report.default else "  ") + name,
-            report.modes[name],
-            "yes" if valid else "NO",
-            a.n,
-            a.spearman,
-            _ci(a.spearman_ci),
-            a.kendall,
-            a.regret,
-            a.top3_overlap,
-            report.picks[name] or "-",
-            ", ".join(a.excluded) or "-",
-        ])
-    return rows
-
-
-def _invalid(report) -> list[tuple[list[str], str]]:
-    """The criteria not valid for the sweep, grouped by reason: ``[(names, reason), ...]``."""
-    groups: dict[str, list[str]] = {}
-    for name in report.criteria:
-        valid, why = report.validity[name]
-        if not valid:
-            groups.setdefault(why, []).append(name)
-    return [(names, why) for why, names in groups.items()]
-
-
-SELECTION_HEADER = ("  criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "regret", "top3", "pick", "excluded")
-
-
-def format_selection(report) -> str:
-    """The terminal summary of :func:`lejepa_tune.selection.evaluate_criteria`: per criterion
-    its agreement with the labelled accuracy (Spearman ρ with its bootstrap interval, Kendall
-    τ, regret of its pick, top-3 overlap), the trials it used and dropped, whether it is valid
-    for this sweep, and its pick; then the default criterion and why."""
-    lines = [
-        f"Label-free selection for sweep '{report.sweep}' (criteria judged against {report.accuracy};"
-        " ρ > 0 means a better criterion value goes with a higher accuracy)",
-        "",
-        format_table(SELECTION_HEADER, _selection_rows(report)),
-        "",
-        f"default criterion: {report.default} -> trial {report.picks[report.default] or '(none)'}",
-        f"  why: {report.reason}",
+def format_selection(analysis: SweepAnalysis) -> str:
+    """The terminal summary: every criterion's agreement with the reference, the noise
+    ceiling, the choice and why, and the warnings."""
+    sel = analysis.selection
+    rows = [
+        [("* " if r["criterion"] == sel.default else "  ") + r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"],
+         _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"], r["within_spearman"], r["regret"], r["top3_overlap"], r["pick"] or "-"]
+        for r in agreement_rows(sel)
     ]
-    lines += _notes(report)
+    header = ["  criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret", "top3", "pick"]
+    lines = [
+        f"Label-free selection for sweep '{sel.sweep}': criteria judged against {sel.reference} (labels, for judging only);",
+        "ρ > 0: a better criterion value goes with a higher accuracy; within: ρ inside groups of equal batch size and views.",
+        "",
+        format_table(header, rows),
+        "",
+        f"noise ceiling (the ρ a perfect criterion would reach against this reference): {_cell(sel.noise_ceiling)}",
+        f"choice: {sel.choice or '(none)'} by {sel.default} ({sel.reason})",
+    ]
+    if sel.best_by_reference is not None:
+        lines.append(f"best by {sel.reference} (labels, for reference only): {sel.best_by_reference}")
+    lines += [f"warning: {w}" for w in analysis.warnings]
     return "\n".join(lines)
 
 
-def _notes(report) -> list[str]:
-    """The sentences that follow the default criterion, in the terminal and the HTML page."""
-    notes = [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not valid here: {why}" for names, why in _invalid(report)]
-    if report.best_by_accuracy is not None:
-        notes.append(f"best by {report.accuracy} (labels, for reference only): trial {report.best_by_accuracy}")
-    if report.not_completed:
-        notes.append("not completed, never picked nor scored: " + ", ".join(f"{t} ({s})" for t, s in report.not_completed.items()))
-    return notes
+# ----------------------------------------------------------------------------------------------
+# Plots: matplotlib figures rendered to PNG bytes (no pyplot, no global state).
 
 
-def _plot_points(report, trials, name: str) -> tuple[list[str], list[float], list[float], list[float]]:
-    """Completed trials with a finite criterion value and accuracy: ids, x, y, λ."""
-    ids, xs, ys, lams = [], [], [], []
-    for t in trials:
-        x = report.values[name].get(t.trial_id, math.nan)
-        y = t.metrics.get(report.accuracy, math.nan)
-        if t.status == "completed" and math.isfinite(x) and math.isfinite(y):
-            ids.append(t.trial_id)
-            xs.append(x)
-            ys.append(float(y))
-            lams.append(report.lams.get(t.trial_id, math.nan))
-    return ids, xs, ys, lams
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
-def write_plots(report, trials, out_dir: str | Path) -> list[Path]:
-    """One scatter PNG per criterion with at least one scored trial, ``selection_<name>.png``:
-    the criterion against the labelled accuracy, one point per completed trial coloured by λ
-    (log scale, with a colour bar), the criterion's pick circled, ρ in the title."""
+def _completed(records: SweepRecords) -> list[TrialRecord]:
+    return [t for t in records.trials if t.status == "completed" and math.isfinite(t.metrics.get(REFERENCE_ACC, math.nan))]
+
+
+def _lam(t: TrialRecord, records: SweepRecords) -> float:
+    value = t.params.get("loss.lam", records.spec.get("base", {}).get("loss", {}).get("lam", math.nan))
+    return float(value)
+
+
+def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
+    """The report's figures as PNG bytes, by name (those that have something to show)."""
     from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas
+    from matplotlib.figure import Figure
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in report.criteria:
-        ids, xs, ys, lams = _plot_points(report, trials, name)
-        if not ids:
-            continue
-        fig = Figure(figsize=(6.0, 4.5), dpi=100)
-        ax = fig.add_subplot()
-        positive = [lam for lam in lams if math.isfinite(lam) and lam > 0]
-        if positive:
-            lo, hi = min(positive), max(positive)
-            if lo == hi:  # one λ in the whole sweep: a degenerate log range
-                lo, hi = lo / 1.5, hi * 1.5
-            colours = [lam if math.isfinite(lam) and lam > 0 else lo for lam in lams]
-            points = ax.scatter(xs, ys, c=colours, cmap="viridis", norm=LogNorm(lo, hi), s=40, zorder=2)
-            fig.colorbar(points, ax=ax, label="λ (loss.lam)")
-        else:
-            ax.scatter(xs, ys, color="tab:blue", s=40, zorder=2)
-        pick = report.picks[name]
-        if pick in ids:
-            i = ids.index(pick)
-            ax.scatter([xs[i]], [ys[i]], s=260, facecolors="none", edgecolors="red", linewidths=2, zorder=3, label=f"pick: {pick}")
-            ax.legend(loc="best", fontsize=8)
-        a = report.agreements[name]
-        rho = "ρ undefined" if not math.isfinite(a.spearman) else f"Spearman ρ = {a.spearman:.2f} {_ci(a.spearman_ci)}"
-        flag = "" if report.validity[name].valid else "  (not valid for this sweep)"
-        ax.set_title(f"{name}: {rho}, n = {a.n}{flag}", fontsize=10)
-        better = "lower" if report.modes[name] == "min" else "higher"
-        ax.set_xlabel(f"{name} ({better} is better)")
-        ax.set_ylabel(report.accuracy)
+    records, sel = analysis.records, analysis.selection
+    done = _completed(records)
+    out: dict[str, bytes] = {}
+    if not done:
+        return out
+    acc = [t.metrics[REFERENCE_ACC] for t in done]
+    lams = [_lam(t, records) for t in done]
+    positive = [v for v in lams if math.isfinite(v) and v > 0]
+    norm = LogNorm(min(positive) / (1.5 if min(positive) == max(positive) else 1), max(positive) * (1.5 if min(positive) == max(positive) else 1)) if positive else None
+
+    # Each plotted criterion against the reference, one panel each, coloured by λ.
+    names = [n for n in PLOTTED if n in sel.criteria]
+    cols = 4
+    fig = Figure(figsize=(4.0 * cols, 3.4 * math.ceil(len(names) / cols)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(names) / cols), cols, squeeze=False).ravel()
+    points = None
+    for ax, name in zip(axes, names):
+        xs = [sel.values[name].get(t.trial_id, math.nan) for t in done]
+        colours = [v if math.isfinite(v) and v > 0 else math.nan for v in lams]
+        points = ax.scatter(xs, acc, c=colours if norm else "tab:blue", cmap="viridis", norm=norm, s=28, zorder=2)
+        pick = sel.picks[name]
+        for t, x, y in zip(done, xs, acc):
+            if t.trial_id == pick:
+                ax.scatter([x], [y], s=180, facecolors="none", edgecolors="red", linewidths=1.8, zorder=3)
+        a = sel.agreements[name]
+        valid = "" if sel.validity[name].valid else " (not valid here)"
+        ax.set_title(f"{name}: ρ = {_cell(a.spearman)}{valid}", fontsize=9)
+        ax.set_xlabel(f"{name} ({'lower' if sel.modes[name] == 'min' else 'higher'} is better)", fontsize=8)
+        ax.set_ylabel(REFERENCE_ACC, fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"selection_{name}.png"
-        fig.savefig(path)
-        paths.append(path)
-    return paths
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    if norm is not None and points is not None:
+        fig.colorbar(points, ax=axes[: len(names)].tolist(), label="λ (loss.lam)", shrink=0.8)
+    out["criteria"] = _png(fig)
+
+    # Accuracy against λ, log axis, coloured by the objective.
+    if len(positive) >= 2 and len(set(positive)) > 1:
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+        objective = [sel.values[sel.default].get(t.trial_id, math.nan) for t in done]
+        sc = ax.scatter(lams, acc, c=objective, cmap="plasma", s=36, zorder=2)
+        fig.colorbar(sc, ax=ax, label=f"{sel.default} ({'higher' if sel.modes[sel.default] == 'max' else 'lower'} is better)")
+        for t, x, y in zip(done, lams, acc):
+            if t.trial_id == sel.choice:
+                ax.scatter([x], [y], s=220, facecolors="none", edgecolors="red", linewidths=2, zorder=3, label="label-free choice")
+        ax.set_xscale("log")
+        ax.set_xlabel("λ (loss.lam, log scale)")
+        ax.set_ylabel(REFERENCE_ACC)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        ax.set_title("Accuracy against λ", fontsize=10)
+        out["accuracy_vs_lambda"] = _png(fig)
+
+    # The search over time: the objective of each trial in the order Tune started them.
+    crit = sel.default
+    series = [(i, sel.values[crit].get(t.trial_id, math.nan), t.status) for i, t in enumerate(records.trials)]
+    if any(math.isfinite(v) for _, v, _ in series):
+        fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+        colour = {"completed": "tab:blue", "stopped": "tab:orange", "error": "tab:red"}
+        for status in colour:
+            pts = [(i, v) for i, v, s in series if s == status and math.isfinite(v)]
+            if pts:
+                ax.scatter(*zip(*pts), color=colour[status], s=30, label=status, zorder=2)
+        best, running = [], math.nan
+        for i, v, _ in series:
+            if math.isfinite(v) and (not math.isfinite(running) or (v > running if sel.modes[crit] == "max" else v < running)):
+                running = v
+            best.append((i, running))
+        ax.step(*zip(*best), where="post", color="black", alpha=0.6, label="best so far")
+        ax.set_xlabel("trial (in the order the search proposed them)")
+        ax.set_ylabel(crit)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("The search over time", fontsize=10)
+        out["search_over_time"] = _png(fig)
+    return out
 
 
-def _csv_columns(report, trials) -> tuple[list[str], list[str]]:
-    params = list(dict.fromkeys(k for t in trials for k in t.params))
-    metrics = sorted({k for t in trials for k in t.metrics})
-    return params, metrics
+# ----------------------------------------------------------------------------------------------
+# Files.
 
 
-def _picked_by(report, trial_id: str) -> list[str]:
-    return [name for name in report.criteria if report.picks[name] == trial_id]
-
-
-def write_csv(report, trials, path: str | Path) -> Path:
-    """One row per trial: id, status, effective λ, the searched params, every metric, every
-    criterion value (``criterion/<name>``) and the criteria that picked it (``picked_by``)."""
+def write_trials_csv(analysis: SweepAnalysis, path: str | Path) -> Path:
+    """One row per trial: id, status, the searched values, every numeric metric and every
+    criterion's value, and the criteria that picked it."""
+    records, sel = analysis.records, analysis.selection
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    params, metrics = _csv_columns(report, trials)
+    searched = _searched(records)
+    metrics = sorted({k for t in records.trials for k in t.metrics})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", "status", "lam", *params, *metrics, *(f"criterion/{c}" for c in report.criteria), "picked_by"])
-        for t in trials:
+        writer.writerow(["trial_id", "status", *searched, *metrics, *(f"criterion/{c}" for c in sel.criteria), "picked_by", "checkpoint"])
+        for t in records.trials:
             writer.writerow([
-                t.trial_id,
-                t.status,
-                _csv_value(report.lams.get(t.trial_id)),
-                *(_csv_value(t.params.get(k)) for k in params),
-                *(_csv_value(t.metrics.get(k)) for k in metrics),
-                *(_csv_value(report.values[c].get(t.trial_id)) for c in report.criteria),
-                " ".join(_picked_by(report, t.trial_id)),
+                t.trial_id, t.status, *(t.params.get(k) for k in searched),
+                *(_blank(t.metrics.get(k)) for k in metrics),
+                *(_blank(sel.values[c].get(t.trial_id)) for c in sel.criteria),
+                " ".join(c for c in sel.criteria if sel.picks[c] == t.trial_id),
+                t.checkpoint or "",
             ])
     return path
 
 
-def _csv_value(value: Any) -> Any:
-    """Empty for missing or NaN (a spreadsheet reads them as blanks), else the value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return value
+def _blank(value: Any) -> Any:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th { background: #f2f2f2; } td.l, th.l { text-align: left; }
-tr.default td { font-weight: bold; } tr.invalid td { color: #a33; }
-tr.pick td { background: #eef6ee; }
-.plots img { max-width: 48%; margin: 0.5em 1% 0.5em 0; border: 1px solid #ddd; }
-.note { color: #555; }
+tr.default td { font-weight: bold; } tr.invalid td { color: #a33; } tr.pick td { background: #eef6ee; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+.note { color: #555; } .warn { color: #a33; font-weight: bold; }
+.choice { background: #eef6ee; border: 1px solid #9c9; padding: 0.8em 1em; }
 """
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], row_classes: Sequence[str] = (), left: int = 1) -> str:
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = (), left: int = 1) -> str:
     esc = html.escape
     head = "".join(f'<th class="l">{esc(h)}</th>' if i < left else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
     body = []
     for r, row in enumerate(rows):
-        cls = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
+        cls = f' class="{classes[r]}"' if r < len(classes) and classes[r] else ""
         cells = "".join(f'<td class="l">{esc(_cell(v))}</td>' if i < left else f"<td>{esc(_cell(v))}</td>" for i, v in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def write_html(report, trials, plots: Sequence[str | Path], path: str | Path) -> Path:
-    """A self-contained HTML page (inline style, no scripts): the selection table, the default
-    criterion and why, the plots (``<img>`` by path relative to the page) and every trial."""
+def _img(name: str, png: bytes, alt: str) -> str:
+    return f'<img id="{name}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes] | None = None) -> Path:
+    """The report page, self-contained: inline style, images embedded, no scripts."""
     esc = html.escape
+    records, sel = analysis.records, analysis.selection
+    pngs = plot_pngs(analysis) if pngs is None else pngs
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sel_rows = _selection_rows(report)
-    sel_classes = [
-        " ".join(c for c in ("default" if n == report.default else "", "" if report.validity[n].valid else "invalid") if c)
-        for n in report.criteria
+    choice = next((t for t in records.trials if t.trial_id == sel.choice), None)
+    if choice is not None:
+        a = sel.agreements[sel.default]
+        why = (f"<p><b>Chosen without labels: trial {esc(choice.trial_id)}</b> ({esc(trial_label(dict(choice.params)))}), "
+               f"the best {esc(sel.default)} of the completed trials. Why {esc(sel.default)}: {esc(sel.reason)}.</p>"
+               f"<p>Judged afterwards with labels: Spearman ρ = {_cell(a.spearman)} {_ci(*a.spearman_ci)} against "
+               f"{esc(sel.reference)} (noise ceiling {_cell(sel.noise_ceiling)}), regret {_cell(a.regret)}; "
+               f"the best trial by labels is {esc(sel.best_by_reference or '-')}.</p>")
+    else:
+        why = "<p><b>Nothing was chosen</b>: no completed trial has a value of the criterion.</p>"
+    warnings = "".join(f'<p class="warn">Warning: {esc(w)}.</p>' for w in analysis.warnings)
+    rows = agreement_rows(sel)
+    crit_rows = [[r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"], _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"],
+                  r["within_spearman"], r["regret"], r["top3_overlap"], r["pick"] or "-"] for r in rows]
+    crit_classes = [" ".join(c for c in ("default" if r["criterion"] == sel.default else "", "" if r["valid"] else "invalid") if c) for r in rows]
+    searched = _searched(records)
+    trial_rows = [
+        [t.trial_id, t.status, *(t.params.get(k) for k in searched), sel.values[sel.default].get(t.trial_id),
+         t.metrics.get(REFERENCE_ACC), t.metrics.get(LINEAR_ACC), t.epochs]
+        for t in records.trials
     ]
-    params, _ = _csv_columns(report, trials)
-    metrics = ["train/loss", report.accuracy, *(m for m in ("eval/knn_acc", "eval/rankme", "yardstick/loss") if m != report.accuracy)]
-    trial_header = ["trial", "status", "λ", *params, *metrics, *report.criteria, "picked by"]
-    trial_rows, trial_classes = [], []
-    for t in trials:
-        picked = _picked_by(report, t.trial_id)
-        trial_rows.append([
-            t.trial_id,
-            t.status,
-            report.lams.get(t.trial_id),
-            *(t.params.get(k) for k in params),
-            *(t.metrics.get(m) for m in metrics),
-            *(report.values[c].get(t.trial_id) for c in report.criteria),
-            ", ".join(picked),
-        ])
-        trial_classes.append("pick" if report.default in picked else "")
-    notes = [
-        f"<p><b>Default criterion: {esc(report.default)}</b> &rarr; trial {esc(report.picks[report.default] or '(none)')}"
-        f" (bold row). Why: {esc(report.reason)}.</p>"
-    ]
-    notes += [f'<p class="note">{esc(note[0].upper() + note[1:])}.</p>' for note in _notes(report)]
-    images = "".join(
-        f'<img src="{esc(Path(os.path.relpath(Path(p), path.parent)).as_posix())}" alt="{esc(Path(p).stem)}">' for p in plots
-    )
+    trial_classes = ["pick" if t.trial_id == sel.choice else "" for t in records.trials]
+    figures = {
+        "criteria": "Each criterion against the reference accuracy (one point per completed trial, coloured by λ; the criterion's pick circled in red)",
+        "accuracy_vs_lambda": "Reference accuracy against λ, on a log axis",
+        "search_over_time": "The search over time: each trial's objective in the order it was proposed",
+        "importance": "Parameter importance for the objective (Optuna's fANOVA)",
+        "parallel": "Parallel coordinates: searched values, the objective and the reference accuracy",
+    }
+    images = "".join(f"<h3>{esc(title)}</h3>{_img(name, pngs[name], title)}" for name, title in figures.items() if name in pngs)
     page = f"""<!DOCTYPE html>
 <html lang="en">
-<head><meta charset="utf-8"><title>{esc(report.sweep)}: label-free selection</title><style>{_STYLE}</style></head>
+<head><meta charset="utf-8"><title>{esc(sel.sweep)}: label-free selection</title><style>{_STYLE}</style></head>
 <body>
-<h1>{esc(report.sweep)}: label-free selection</h1>
-<p class="note">Each criterion ranks the trials without labels; {esc(report.accuracy)} is used only to judge it.
-Spearman &rho; and Kendall &tau; are oriented so that positive means a better criterion value goes with a
-higher accuracy; regret is the accuracy lost by the criterion's pick; top3 the overlap of the top-3 sets.</p>
-{_html_table([h.strip() for h in SELECTION_HEADER], [[name, *r[1:]] for name, r in zip(report.criteria, sel_rows)], sel_classes)}
-{''.join(notes)}
-<h2>Criterion against accuracy</h2>
-<div class="plots">{images or '<p class="note">No completed trial with a finite criterion and accuracy.</p>'}</div>
+<h1>{esc(sel.sweep)}: label-free selection</h1>
+<div class="choice">{why}</div>
+{warnings}
+<h2>Criteria against the reference</h2>
+<p class="note">Each criterion ranks the trials without labels; {esc(sel.reference)} is used only to judge it.
+ρ and τ are positive when a better criterion value goes with a higher accuracy; "within" is ρ inside groups of equal
+batch size and views; regret is the accuracy lost by the criterion's pick. Noise ceiling: {_cell(sel.noise_ceiling)}.</p>
+{_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret", "top3", "pick"], crit_rows, crit_classes)}
+{images}
 <h2>Trials</h2>
-{_html_table(trial_header, trial_rows, trial_classes, left=2)}
+{_html_table(["trial", "status", *(short_name(k) for k in searched), sel.default, "reference acc", "linear acc", "epochs"], trial_rows, trial_classes, left=2)}
 </body>
 </html>
 """
@@ -316,60 +327,18 @@ higher accuracy; regret is the accuracy lost by the criterion's pick; top3 the o
     return path
 
 
-# ----------------------------------------------------------------------------------------------
-# A whole sweep: trials, yardstick (cached per trial), criteria, files.
-
-
-@dataclass(frozen=True)
-class SweepAnalysis:
-    sweep_dir: Path
-    spec: Any
-    trials: tuple  # TrialRecords, with the yardstick merged in
-    selection: Any  # selection.SelectionReport
-
-
-def load_sweep(sweep_dir: str | Path):
-    """``(spec, trials)`` of a sweep directory written by ``lejepa-tune run``."""
-    from .search_space import sweep_spec_from_dict
-    from .sweep import TRIALS_CSV, load_trials_csv
-
-    sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / "spec.yaml").is_file() or not (sweep_dir / TRIALS_CSV).is_file():
-        raise FileNotFoundError(f"{sweep_dir}: not a finished sweep directory (no spec.yaml or {TRIALS_CSV})")
-    spec = sweep_spec_from_dict(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir / "spec.yaml"))
-    return spec, load_trials_csv(sweep_dir / TRIALS_CSV)
-
-
-def analyse_sweep(sweep_dir: str | Path, spec=None, trials=None, n_boot: int = 1000) -> SweepAnalysis:
-    """Measures the fixed-yardstick loss of every completed trial (once: it is cached in
-    ``trials/<id>/yardstick.json``) and evaluates every criterion against the probe."""
-    from .selection import evaluate_criteria, merge_metrics
-    from .yardstick import yardstick_for_sweep
-
-    sweep_dir = Path(sweep_dir)
-    if spec is None or trials is None:
-        spec, trials = load_sweep(sweep_dir)
-    cached: dict[str, dict[str, float]] = {}
-    missing = []
-    for t in trials:
-        path = sweep_dir / "trials" / t.trial_id / "yardstick.json"
-        if path.is_file():
-            cached[t.trial_id] = json.loads(path.read_text())
-        elif t.status == "completed":
-            missing.append(t)
-    if missing:
-        for trial_id, values in yardstick_for_sweep(sweep_dir, missing, spec).items():
-            cached[trial_id] = values
-            (sweep_dir / "trials" / trial_id / "yardstick.json").write_text(json.dumps(values))
-    trials = tuple(merge_metrics(trials, cached))
-    return SweepAnalysis(sweep_dir, spec, trials, evaluate_criteria(trials, spec, n_boot=n_boot))
-
-
 def write_report(analysis: SweepAnalysis, out_dir: str | Path) -> dict[str, Path]:
-    """Plots (PNG), ``trials.csv`` with every criterion, and ``report.html`` into ``out_dir``."""
+    """``report.html`` (self-contained), ``trials.csv`` and ``criteria.csv`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(analysis.selection, analysis.trials, out_dir)
-    csv_path = write_csv(analysis.selection, analysis.trials, out_dir / "selection_trials.csv")
-    html = write_html(analysis.selection, analysis.trials, [p.name for p in plots], out_dir / "report.html")
-    return {"html": html, "csv": csv_path, **{p.stem: p for p in plots}}
+    criteria_csv = out_dir / "criteria.csv"
+    rows = agreement_rows(analysis.selection)
+    with open(criteria_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: _blank(v) for k, v in r.items()} for r in rows)
+    return {
+        "html": write_html(analysis, out_dir / "report.html"),
+        "trials_csv": write_trials_csv(analysis, out_dir / "trials.csv"),
+        "criteria_csv": criteria_csv,
+    }

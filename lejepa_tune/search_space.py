@@ -9,16 +9,17 @@ label-free selection are set up::
     search:
       loss.lam: {type: loguniform, low: 0.005, high: 0.5}
       views.n_global: {type: choice, values: [2, 4]}
-    tune: {num_samples: 8, metric: train/loss, mode: min, seed: 0, scheduler: none}
+    tune: {num_samples: 8, metric: labelfree/objective, mode: max, seed: 0, scheduler: none}
     resources: {num_workers: 1, cpus_per_worker: 1, gpus_per_worker: auto}
     tracking: {experiment: null, tracking_uri: null}
-    selection: {criterion: auto, alpha: 0.4}
+    selection: {criterion: auto}
 
 Every error is a one-line :class:`~lejepa_tune.config.ConfigError` naming the file and key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,9 @@ from .config import (
     config_to_dict,
     parse_overrides,
     read_yaml,
+    to_plain,
 )
+from .metrics import OBJECTIVE, OBJECTIVE_MODE, label_free_modes, reads_labels
 
 __all__ = [
     "Distribution",
@@ -48,6 +51,8 @@ __all__ = [
     "load_sweep_spec",
     "sweep_spec_from_dict",
     "trial_config",
+    "spec_to_dict",
+    "absolute_dataset",
 ]
 
 DISTRIBUTION_TYPES = ("loguniform", "uniform", "int", "qint", "choice")
@@ -86,9 +91,11 @@ class Distribution:
 @dataclass(frozen=True)
 class TuneSpec:
     num_samples: int = field(default=8, metadata={"check": (lambda v: v > 0, "an integer > 0")})
-    # The label-free selection metric; labels never choose.
-    metric: str = "train/loss"
-    mode: Literal["min", "max"] = "min"
+    # The label-free metric Optuna's TPE and ASHA optimise; by default the declared objective,
+    # the one the final choice uses too. Labels never choose: a metric that reads labels is
+    # refused.
+    metric: str = OBJECTIVE
+    mode: Literal["min", "max"] = OBJECTIVE_MODE
     seed: int = 0
     scheduler: Literal["none", "asha"] = "none"
     # ASHA: the minimum number of epochs before a trial may be stopped, and the halving rate.
@@ -98,6 +105,8 @@ class TuneSpec:
     points_to_evaluate: tuple[Mapping[str, Any], ...] = ()
     # null: as many trials as the cluster's CPUs (or GPUs) can hold at once.
     max_concurrent_trials: int | None = field(default=None, metadata={"check": (lambda v: v is None or v > 0, "null or an integer > 0")})
+    # How often Ray Train restarts a trial's workers after a failure (from its last checkpoint).
+    max_failures: int = field(default=2, metadata={"check": (lambda v: v >= 0, "an integer >= 0")})
 
 
 @dataclass(frozen=True)
@@ -120,14 +129,9 @@ class TrackingSpec:
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    # "auto" picks the criterion valid for what the sweep varies.
+    # The criterion the final choice uses: "auto" is the declared objective (the metric the
+    # search optimised too); any other registered label-free criterion may be named.
     criterion: str = "auto"
-    # The exponent of the paper's scaled criterion ``loss / lam**alpha``.
-    alpha: float = field(default=0.4, metadata={"check": (lambda v: v >= 0, "a number >= 0")})
-    # The fixed-yardstick loss: its reference lam, batch size and number of views.
-    yardstick_lam: float = field(default=0.05, metadata={"check": (lambda v: 0 < v <= 1, "a number in (0, 1]")})
-    yardstick_batch_size: int = field(default=256, metadata={"check": (lambda v: v >= 2, "an integer >= 2")})
-    yardstick_views: int = field(default=2, metadata={"check": (lambda v: v >= 1, "an integer >= 1")})
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,16 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\"):
         raise ConfigError(f"{source}: name: expected a non-empty name without slashes, got {name!r}")
 
-    base = config_from_dict(_resolve_base(data.get("base"), source, base_dir or Path(".")), f"{source} (base)")
+    base_data = _resolve_base(data.get("base"), source, base_dir or Path("."))
+    base = config_from_dict(base_data, f"{source} (base)")
+    # Every trial embeds the same label-free views, those of the base recipe, also when the
+    # sweep searches views.*; and workers on other nodes must find the data where the driver
+    # does.
+    base = dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, dataset=absolute_dataset(base.data.dataset)),
+        labelfree=dataclasses.replace(base.labelfree, views=base.labelfree.views or base.views),
+    )
     # The resolved tree: a searched key inside a mapping (model.backbone_kwargs.depth) then
     # changes one entry of it.
     base_data = config_to_dict(base)
@@ -232,6 +245,13 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
         return build_dataclass(cls, raw, name, source)
 
     tune = section(TuneSpec, "tune")
+    modes = label_free_modes(base.loss.regularizer)
+    if reads_labels(tune.metric):
+        raise ConfigError(f"{source}: tune.metric: {tune.metric} reads labels; the search must be label-free (e.g. {OBJECTIVE})")
+    if tune.metric not in modes:
+        raise ConfigError(f"{source}: tune.metric: unknown label-free metric {tune.metric!r} (known: {', '.join(modes)})")
+    if tune.mode != modes[tune.metric]:
+        raise ConfigError(f"{source}: tune.mode: {tune.metric} is better when {'lower' if modes[tune.metric] == 'min' else 'higher'}; expected {modes[tune.metric]}, got {tune.mode}")
     for i, point in enumerate(tune.points_to_evaluate):
         for key in point:
             if key not in search:
@@ -278,6 +298,38 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return sweep_spec_from_dict(data, source, base_dir=path.parent)
 
 
-def trial_config(spec: SweepSpec, params: Mapping[str, Any]) -> Config:
-    """The validated config of one trial: the base with the sampled ``params`` set."""
-    return config_from_dict(apply_overrides(spec.base_data, params), f"{spec.source} (trial {dict(params)})")
+def trial_config(spec: SweepSpec, params: Mapping[str, Any], output_dir: str | None = None) -> Config:
+    """The validated config of one trial: the base with the sampled ``params`` set (and its
+    ``train.output_dir``, where given)."""
+    data = apply_overrides(spec.base_data, params)
+    if output_dir is not None:
+        data = apply_overrides(data, {"train.output_dir": output_dir})
+    return config_from_dict(data, f"{spec.source} (trial {dict(params)})")
+
+
+def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
+    """The resolved search space as plain data; :func:`sweep_spec_from_dict` reads it back."""
+    return {
+        "name": spec.name,
+        "base": config_to_dict(spec.base),
+        "search": {k: {f: to_plain(v) for f, v in dataclasses.asdict(d).items() if v is not None} for k, d in spec.search.items()},
+        "tune": to_plain(dataclasses.asdict(spec.tune)),
+        "resources": dataclasses.asdict(spec.resources),
+        "tracking": dataclasses.asdict(spec.tracking),
+        "selection": dataclasses.asdict(spec.selection),
+    }
+
+
+def absolute_dataset(dataset: str) -> str:
+    """``folder:<path>``, and ``hf:<path>[:<config>]`` naming a local path, with the path made
+    absolute (workers on other nodes would resolve a relative one against their own working
+    directory); anything else unchanged."""
+    if dataset.startswith("folder:"):
+        return "folder:" + str(Path(dataset[len("folder:") :]).expanduser().resolve())
+    if dataset.startswith("hf:"):
+        rest = dataset[len("hf:") :]
+        name, _, config = rest.rpartition(":")
+        for path, tail in ((rest, ""), (name, f":{config}")):
+            if path and Path(path).expanduser().exists():
+                return f"hf:{Path(path).expanduser().resolve()}{tail}"
+    return dataset

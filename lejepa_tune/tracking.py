@@ -2,29 +2,36 @@
 (``lejepa_tune.role=sweep``) and one nested child run per trial (``lejepa_tune.role=trial``).
 
 All MLflow calls happen in the Tune driver process, through a Tune callback, so a SQLite
-backend is never written by two processes at once and every trial is logged as soon as Tune
-sees it: a finished trial's run is complete whatever a later trial does.
+backend is never written by two processes of one sweep at once, and every trial is logged as
+soon as Tune sees it: a finished trial's run is complete whatever a later trial does.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .config import flatten_dict
+from .metrics import DIVERGED, EPOCH
+from .records import trial_label
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "ROLE_TAG",
     "SWEEP_DIR_TAG",
+    "TRIAL_ID_TAG",
+    "CHECKPOINT_TAG",
+    "ERROR_TAG",
     "resolve_tracking_uri",
+    "mask_uri",
     "numeric_metrics",
     "SweepTracker",
     "MLflowTrialCallback",
@@ -34,6 +41,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE_TAG = "lejepa_tune.role"
 SWEEP_DIR_TAG = "lejepa_tune.sweep_dir"
 TRIAL_ID_TAG = "lejepa_tune.trial_id"
+CHECKPOINT_TAG = "lejepa_tune.checkpoint_uri"
+ERROR_TAG = "lejepa_tune.error"
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
 
@@ -46,30 +55,62 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def mask_uri(uri: str) -> str:
+    """The URI with any password (``scheme://user:secret@host``) replaced by ``***``: what may
+    be printed or logged."""
+    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", uri)
+
+
 def _params(data: Mapping[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:6000]) for k, v in sorted(flatten_dict(data).items())]
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The namespaced numbers of a result (``train/loss``, ``eval/linear_acc``...), without
-    Tune's own bookkeeping (``epoch``, ``training_iteration``, ``checkpoint_path``...)."""
+    """The namespaced numbers of a result (``train/loss``, ``labelfree/objective``...), without
+    Tune's own bookkeeping (``training_iteration``, ``checkpoint_path``...) or strings."""
     return {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class SweepTracker:
-    """The MLflow side of one sweep: its experiment, its parent run, and its trials' runs."""
+    """The MLflow side of one sweep: its experiment, its parent run, and its trials' runs.
 
-    def __init__(self, tracking_uri: str | None, experiment: str, sweep_name: str, sweep_dir: Path):
+    ``parent_run_id`` re-attaches to the parent run of an earlier start of the same sweep
+    (resuming); otherwise a new parent run is created.
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment: str, sweep_name: str, sweep_dir: str, parent_run_id: str | None = None):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp is not None else self._create_experiment(experiment)
         self.experiment = experiment
-        self.parent_run_id = self.client.create_run(
-            self.experiment_id,
-            run_name=sweep_name,
-            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir)},
-        ).info.run_id
+        if parent_run_id is None:
+            parent_run_id = self.client.create_run(
+                self.experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir)}
+            ).info.run_id
+        else:
+            self.client.update_run(parent_run_id, status="RUNNING")
+        self.parent_run_id = parent_run_id
+
+    def _create_experiment(self, name: str) -> str:
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another sweep created it a moment ago
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    @property
+    def display_uri(self) -> str:
+        return mask_uri(self.tracking_uri)
+
+    def trial_runs(self) -> dict[str, str]:
+        """``{trial_id: run_id}`` of the child runs this sweep's parent already has."""
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'", max_results=10_000
+        )
+        return {r.data.tags[TRIAL_ID_TAG]: r.info.run_id for r in runs if TRIAL_ID_TAG in r.data.tags}
 
     def log_sweep_params(self, params: Mapping[str, Any]) -> None:
         self._log_params(self.parent_run_id, params)
@@ -82,12 +123,12 @@ class SweepTracker:
     def start_trial(self, trial_id: str, config: Mapping[str, Any], searched: Mapping[str, Any]) -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=trial_id,
+            run_name=trial_label(searched) or trial_id,
             # mlflow.parentRunId nests the run under the sweep in the UI.
             tags={ROLE_TAG: "trial", "mlflow.parentRunId": self.parent_run_id, TRIAL_ID_TAG: trial_id},
         )
         self._log_params(run.info.run_id, config)
-        self.client.log_batch(run.info.run_id, tags=[RunTag(f"searched.{k}", str(v)) for k, v in searched.items()])
+        self.client.log_batch(run.info.run_id, tags=[RunTag(f"searched.{k}", repr(v)) for k, v in searched.items()])
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -110,19 +151,18 @@ class SweepTracker:
 
 
 class MLflowTrialCallback(Callback):
-    """Tune callback: a child run per trial with its flattened config as params, every
-    epoch's metrics at ``step=epoch``, the final ``eval/*`` metrics and the checkpoint."""
+    """Tune callback: a child run per trial with its flattened config as params and every
+    epoch's metrics at ``step=epoch``; the checkpoint's URI as a tag when it completes."""
 
-    def __init__(self, tracker: SweepTracker, trial_config_fn, max_artifact_mb: float = 200.0):
+    def __init__(self, tracker: SweepTracker, resolve_trial: Callable[[str, Mapping[str, Any]], tuple[dict, dict]], run_ids: Mapping[str, str] | None = None):
         self.tracker = tracker
-        self.trial_config_fn = trial_config_fn  # Tune config -> (resolved config dict, searched params)
-        self.max_artifact_mb = max_artifact_mb
-        self.run_ids: dict[str, str] = {}
+        self.resolve_trial = resolve_trial  # (trial id, Tune config) -> (resolved config, searched)
+        self.run_ids: dict[str, str] = dict(run_ids or {})
         self.last_results: dict[str, dict[str, Any]] = {}
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
-            resolved, searched = self.trial_config_fn(trial.config)
+            resolved, searched = self.resolve_trial(trial.trial_id, trial.config)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(trial.trial_id, resolved, searched)
         return self.run_ids[trial.trial_id]
 
@@ -132,28 +172,25 @@ class MLflowTrialCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
         self.last_results[trial.trial_id] = dict(result)
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        step = int(result.get(EPOCH, result.get("training_iteration", 0)))
         self.tracker.log_metrics(run_id, numeric_metrics(result), step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
         last = self.last_results.get(trial.trial_id, {})
-        checkpoint_path = last.get("checkpoint_path")
-        if checkpoint_path:
-            self.tracker.set_tag(run_id, "lejepa_tune.checkpoint_uri", str(checkpoint_path))
-            if os.path.isdir(checkpoint_path) and _dir_mb(checkpoint_path) <= self.max_artifact_mb:
-                self.tracker.log_artifacts(run_id, checkpoint_path, "checkpoint")
+        if last.get(DIVERGED):
+            self.tracker.set_tag(run_id, ERROR_TAG, f"TrainingDiverged: {last[DIVERGED]}"[:500])
+            self.tracker.end_run(run_id, "FAILED")
+            return
+        checkpoint = last.get("checkpoint_path")
+        if checkpoint:
+            self.tracker.set_tag(run_id, CHECKPOINT_TAG, str(checkpoint))
         self.tracker.end_run(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
-        error = getattr(trial, "error_file", None)
-        self.tracker.set_tag(run_id, "lejepa_tune.error", _first_error_line(error))
+        self.tracker.set_tag(run_id, ERROR_TAG, _first_error_line(getattr(trial, "error_file", None)))
         self.tracker.end_run(run_id, "FAILED")
-
-
-def _dir_mb(path: str) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
 def _first_error_line(error_file: str | None) -> str:
@@ -162,4 +199,3 @@ def _first_error_line(error_file: str | None) -> str:
         return "the trial failed (no error file)"
     lines = [ln.strip() for ln in Path(error_file).read_text(errors="replace").splitlines() if ln.strip()]
     return (lines[-1] if lines else "the trial failed")[:500]
-

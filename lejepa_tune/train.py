@@ -1,10 +1,15 @@
 """The per-process LeJEPA training loop, the same in one process, under ``torchrun`` and inside
 a Ray Train worker.
 
-:func:`train` reads top to bottom: data, model, optimiser, then per epoch: schedule, forward,
-loss, backward, step, metrics (all-reduced over ranks), checkpoint, report. At the end the
-frozen encoder is evaluated (linear probe, kNN, RankMe). Everything that is not the loop lives
-in small helpers below it.
+:func:`train` reads top to bottom: set up, then per epoch: schedule, views, forward, loss,
+backward, step; then the epoch's measurements (means over ranks, the label-free set, the
+online probe, and after the last epoch the labelled evaluation), checkpoint, report. Where the
+epochs go (a directory, or Ray) is a :class:`Sink`; the loop does not know which.
+
+Resuming is exact at epoch boundaries: a checkpoint holds the model, projector, probe,
+optimiser, and the epoch and step counters, and every random stream of an epoch (the batch
+order, the views, dropout) is drawn from a generator seeded by ``(train.seed, epoch, rank)``,
+so the epoch after a resume draws what it would have drawn without the interruption.
 """
 
 from __future__ import annotations
@@ -12,46 +17,115 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Iterable, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from . import metrics as M
 from .config import Config, OptimConfig, save_config
-from .data import build_datasets
-from .evaluate import extract_features, knn_accuracy, linear_probe_accuracy, rankme
+from .data import DataSplits, TensorImages, as_tensors, build_datasets
+from .distributed import all_gather_rows, broadcast_object, mean_over_ranks, shard
+from .evaluate import cross_validated_probe, extract_features, knn_accuracy, linear_probe_accuracy
+from .labelfree import LabelFreeSet, measure
 from .losses import LeJEPALoss, SIGReg, SpectralRegularizer
 from .models import LeJEPAModel, build_model
-from .views import EvalDataset, ViewDataset, build_views, eval_transform
+from .views import MultiViews, build_views, eval_views
 
 __all__ = [
     "TrainingDiverged",
-    "Reporter",
+    "Sink",
+    "LocalSink",
     "lr_factor",
+    "epoch_batches",
+    "stream_seed",
     "resolve_device",
     "autocast_dtype",
     "init_distributed",
     "build_loss",
     "build_optimizer",
-    "evaluate_encoder",
     "save_checkpoint",
+    "load_checkpoint",
     "train",
 ]
 
+CHECKPOINT_STATE = "state.pt"
 
 
 class TrainingDiverged(RuntimeError):
-    """The LeJEPA loss became NaN or infinite: the trial diverged."""
+    """The LeJEPA loss became NaN or infinite: the trial diverged (after ``epoch`` epochs)."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
-class Reporter(Protocol):
-    def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+class Sink(Protocol):
+    """Where a run's epochs go. Every rank calls ``report`` each epoch with the same metrics;
+    rank 0 passes the checkpoint it wrote into ``checkpoint_dir()``, the others ``None``."""
+
+    def resume_from(self) -> Path | None: ...
+
+    def checkpoint_dir(self) -> Path: ...
+
+    def report(self, metrics: dict[str, float | str], checkpoint: Path | None) -> None: ...
+
+    def progress(self, batches: Iterable, total: int, epoch: int) -> Iterable: ...
+
+
+class LocalSink:
+    """``lejepa-tune train`` (one process or ``torchrun``): rank 0 keeps ``metrics.jsonl`` and
+    the latest checkpoint in ``output_dir/checkpoint`` (replaced whole, never half-written),
+    shows a progress bar per epoch and prints each epoch's metrics."""
+
+    def __init__(self, cfg: Config, verbose: bool = True):
+        self.out_dir = Path(cfg.train.output_dir)
+        self._resume = Path(cfg.train.resume_from) if cfg.train.resume_from else None
+        self.verbose = verbose
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.rank == 0:
+            save_config(cfg, self.out_dir / "config.yaml")
+
+    def resume_from(self) -> Path | None:
+        return self._resume
+
+    def checkpoint_dir(self) -> Path:
+        path = self.out_dir / ".checkpoint-new"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def report(self, metrics: dict[str, float | str], checkpoint: Path | None) -> None:
+        if self.rank != 0:
+            return
+        if checkpoint is not None:
+            final, old = self.out_dir / "checkpoint", self.out_dir / ".checkpoint-old"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            checkpoint.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.verbose:
+            shown = {k: v for k, v in metrics.items() if k != M.REFERENCE_CORRECT}
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
+
+    def progress(self, batches: Iterable, total: int, epoch: int) -> Iterable:
+        if not self.verbose or self.rank != 0 or not sys.stderr.isatty():
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(batches, total=total, desc=f"epoch {epoch + 1}", leave=False, unit="step")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -66,6 +140,30 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def stream_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a random stream of one epoch: the views' (``rank`` 0, shared by all ranks)
+    or one rank's dropout."""
+    return (seed * 1_000_003 + epoch) * 1_009 + rank + 1
+
+
+def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> Tensor:
+    """``(steps, batch_size // world)`` image indices this rank trains on in ``epoch``.
+
+    One seeded permutation per epoch, the same on every rank, cut into global batches (the
+    incomplete last one dropped: SIGReg's ``N`` stays fixed); rank ``r`` takes the ``r``-th
+    slice of each. The ranks' slices of a step make up exactly the batch one process would see.
+    """
+    if batch_size % world:
+        raise ValueError(f"train.batch_size: {batch_size} is not divisible by the {world} processes")
+    steps = n // batch_size
+    if steps < 1:
+        raise ValueError(f"train.batch_size: {batch_size} exceeds the {n} training images")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen)[: steps * batch_size].view(steps, batch_size)
+    per_rank = batch_size // world
+    return perm[:, rank * per_rank : (rank + 1) * per_rank]
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -113,50 +211,69 @@ def build_optimizer(model: LeJEPAModel, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups)
 
 
-def train(cfg: Config, report: Reporter | None = None, device: torch.device | None = None, verbose: bool = True) -> dict[str, float]:
-    """Trains LeJEPA as configured; returns the last metrics (with ``eval/*`` when enabled).
+@dataclass
+class _Run:
+    """What the loop works with, set up once."""
 
-    ``report(metrics, checkpoint_dir)`` is called once per epoch on every rank with metrics
-    averaged over ranks (with ``epochs = 0``, once, with the evaluation of the untrained model).
-    Rank 0 also appends them to ``metrics.jsonl`` and, if ``verbose``, prints them.
+    cfg: Config
+    device: torch.device
+    amp: torch.dtype | None
+    rank: int
+    world: int
+    splits: DataSplits
+    train_set: Dataset
+    model: LeJEPAModel
+    views: MultiViews
+    lfset: LabelFreeSet
+
+
+def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = None, data: DataSplits | None = None) -> dict[str, float | str]:
+    """Trains LeJEPA as configured; returns the last epoch's metrics (with ``eval/*`` after the
+    last epoch when ``eval.enabled``). ``data`` (the decoded splits) saves loading them again.
+
+    Every epoch, on every rank, ``sink.report(metrics, checkpoint)`` gets the same metrics
+    (means over ranks). With ``train.epochs = 0`` the untrained model is measured once.
     """
     device = device or resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # the device NCCL collectives of this process use
     rank, world, created_group = init_distributed(device)
-    amp = autocast_dtype(cfg.train.precision, device)
-    out_dir = Path(cfg.train.output_dir)
-    if rank == 0:
-        save_config(cfg, out_dir / "config.yaml")
+    sink = sink or LocalSink(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-
-    splits = build_datasets(cfg.data)
-    loader, sampler = _train_loader(cfg, ViewDataset(splits.train, build_views(cfg.views)), rank, world)
-    model = build_model(cfg.model, splits.num_classes).to(device)
-    ddp = _wrap_ddp(model, device) if world > 1 else model
+    splits = data or build_datasets(cfg.data)
+    train_set = as_tensors(splits.train, cfg.data.num_workers) if cfg.data.in_memory else splits.train
+    run = _Run(
+        cfg, device, autocast_dtype(cfg.train.precision, device), rank, world, splits, train_set,
+        build_model(cfg.model, splits.num_classes).to(device), build_views(cfg.views),
+        LabelFreeSet(train_set, cfg.labelfree, cfg.views),
+    )
+    model = run.model
     criterion = build_loss(cfg).to(device)
     opt = build_optimizer(model, cfg.optim)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = epoch_batches(len(train_set), cfg.train.batch_size, world, rank, cfg.train.seed, 0).shape[0]
     total_steps = cfg.train.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    keys = ("train/loss", "train/inv", f"train/{cfg.loss.regularizer}", "train/probe_loss")
-    metrics: dict[str, float] = {}
-    step = 0
+    start_epoch, step, metrics = 0, 0, {}
+    if (resume := sink.resume_from()) is not None:
+        start_epoch, step, metrics = load_checkpoint(resume, model, opt, cfg)
+    ddp = _wrap_ddp(model, device) if world > 1 else model
+    keys = (M.LOSS, M.INV, M.regularizer_key(cfg.loss.regularizer), M.PROBE_LOSS)
 
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
+        # The views' parameters are drawn for the global batch, alike on every rank (each keeps
+        # its slice); dropout and drop-path differ per rank.
+        gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, epoch, 0))
+        torch.manual_seed(stream_seed(cfg.train.seed, epoch, rank))
         ddp.train()
         sums = torch.zeros(len(keys), dtype=torch.float64)
-        for global_views, local_views, labels in loader:
+        for images, labels in sink.progress(_batches(run, epoch), steps_per_epoch, epoch):
             factor = lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            global_views = global_views.to(device, non_blocking=True)
-            local_views = local_views.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            global_views, local_views = run.views(images, gen, (rank, world))  # (Vg, B, 3, G, G), (Vl, B, 3, L, L)
 
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
                 _, proj, logits = ddp(global_views, local_views)
                 out = criterion(proj, step)
                 # The probe sees detached embeddings: its loss trains the probe only.
@@ -167,63 +284,120 @@ def train(cfg: Config, report: Reporter | None = None, device: torch.device | No
             step += 1
             sums += torch.stack([out.loss, out.invariance, out.regularizer, probe_loss]).detach().double().cpu()
 
-        local = sums / steps_per_epoch
-        metrics = dict(zip(keys, _mean_over_ranks(local, world).tolist()))
-        if world > 1:  # what this rank computed, next to what all ranks agreed on
-            _log_rank(out_dir, rank, epoch + 1, dict(zip(keys, local.tolist())), metrics)
-        if not math.isfinite(metrics["train/loss"]):
+        metrics = dict(zip(keys, mean_over_ranks(sums / steps_per_epoch).tolist()))
+        if not math.isfinite(metrics[M.LOSS]):
             raise TrainingDiverged(
-                f"train/loss is {metrics['train/loss']} after epoch {epoch + 1} "
-                f"(loss.lam={cfg.loss.lam}, optim.lr={cfg.optim.lr}): the run diverged"
+                f"train/loss is {metrics[M.LOSS]} after epoch {epoch + 1} "
+                f"(loss.lam={cfg.loss.lam}, optim.lr={cfg.optim.lr}): the run diverged",
+                epoch + 1,
             )
-        metrics["online/acc"] = _online_accuracy(model, splits.val, cfg, device, amp, rank, world)
-        metrics.update({"epoch": epoch + 1, "train/lr": cfg.optim.lr * factor, "time/epoch_s": time.perf_counter() - t0})
-        last = epoch + 1 == cfg.train.epochs
-        if last and cfg.eval.enabled:
-            metrics.update(_evaluate_on_rank0(model, splits, cfg, device, amp, rank, world))
-        ckpt = None
-        if cfg.train.save_checkpoint and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
-            ckpt = save_checkpoint(model, cfg, out_dir / "checkpoint", metrics) if rank == 0 else None
-        _log(metrics, out_dir, rank, verbose)
-        if report is not None:
-            report(metrics, ckpt)
+        metrics[M.SCALED_LOSS] = M.scaled_loss(metrics[M.LOSS], cfg.loss.lam, cfg.labelfree.alpha)
+        metrics.update({M.EPOCH: epoch + 1, M.LR: cfg.optim.lr * factor, M.EPOCH_TIME: time.perf_counter() - t0})
+        metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
+        _report(run, sink, metrics, epoch + 1, step, opt)
 
-    if cfg.train.epochs == 0:  # the untrained baseline: evaluation only
-        metrics = {"epoch": 0}
-        if cfg.eval.enabled:
-            metrics.update(_evaluate_on_rank0(model, splits, cfg, device, amp, rank, world))
-        ckpt = save_checkpoint(model, cfg, out_dir / "checkpoint", metrics) if rank == 0 and cfg.train.save_checkpoint else None
-        _log(metrics, out_dir, rank, verbose)
-        if report is not None:
-            report(metrics, ckpt)
+    if cfg.train.epochs == 0:  # the untrained baseline: measurements only
+        metrics = {M.EPOCH: 0, **_measure(run, last=True)}
+        _report(run, sink, metrics, 0, 0, opt)
     if created_group:
         dist.destroy_process_group()
     return metrics
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers of the loop.
+# The epoch's batches, measurements and checkpoint.
 
 
-def _train_loader(cfg: Config, dataset: ViewDataset, rank: int, world: int) -> tuple[DataLoader, DistributedSampler]:
-    if cfg.train.batch_size % world:
-        raise ValueError(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} processes")
-    per_rank = cfg.train.batch_size // world
-    if len(dataset) < cfg.train.batch_size:
-        raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {len(dataset)} training images")
-    # Also used with world == 1: one code path, and an epoch-seeded shuffle that is the same
-    # whatever the number of processes.
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
-    loader = DataLoader(
-        dataset,
-        batch_size=per_rank,
-        sampler=sampler,
-        drop_last=True,  # equal batches on every rank, every step: SIGReg's N is fixed
-        num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.data.num_workers > 0,
-    )
-    return loader, sampler
+def _batches(run: _Run, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images uint8 (B, 3, H, W), labels (B,))`` on the device, for each step of ``epoch``."""
+    cfg = run.cfg
+    index = epoch_batches(len(run.train_set), cfg.train.batch_size, run.world, run.rank, cfg.train.seed, epoch)
+    if isinstance(run.train_set, TensorImages):
+        images, labels = run.train_set.images, run.train_set.labels
+        for rows in index:
+            yield images[rows].to(run.device, non_blocking=True), labels[rows].to(run.device, non_blocking=True)
+        return
+    # Decoded on the fly in DataLoader processes (data.in_memory: false): the same batches.
+    loader = DataLoader(run.train_set, batch_sampler=index.tolist(), num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda")
+    for images, labels in loader:
+        yield images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+
+
+def _measure(run: _Run, last: bool) -> dict[str, float | str]:
+    """The label-free set (every epoch), the online probe, and after the last epoch the
+    labelled evaluation of the frozen encoder."""
+    t0 = time.perf_counter()
+    out: dict[str, float | str] = dict(measure(run.model, run.lfset, run.device, run.amp, run.cfg.eval.batch_size))
+    out[M.LABELFREE_TIME] = time.perf_counter() - t0
+    out[M.ONLINE_ACC] = _online_accuracy(run)
+    if last and run.cfg.eval.enabled:
+        out.update(_evaluate(run))
+    return out
+
+
+def _embed(run: _Run, split: Dataset) -> Tensor:
+    """Backbone features ``(N, D)`` of the evaluation views of a whole split, each rank
+    embedding its share, gathered on every rank."""
+    cfg = run.cfg
+    rows = list(shard(len(split)))
+    size, mean, std = cfg.views.global_size, cfg.views.mean, cfg.views.std
+    step = cfg.eval.batch_size
+
+    def batches() -> Iterator[Tensor]:
+        for i in range(0, len(rows), step):
+            chunk = rows[i : i + step]
+            images = split.images[chunk] if isinstance(split, TensorImages) else torch.stack([split[r][0] for r in chunk])
+            yield eval_views(images.to(run.device), size, mean, std)
+
+    local = extract_features(run.model.backbone, batches(), run.device, run.amp) if rows else torch.empty(0, run.model.embed_dim)
+    return all_gather_rows(local, len(split))
+
+
+def _labels(split: Dataset) -> Tensor:
+    if isinstance(split, TensorImages):
+        return split.labels
+    return torch.tensor([split[i][1] for i in range(len(split))])
+
+
+@torch.no_grad()
+def _online_accuracy(run: _Run) -> float:
+    """Top-1 accuracy of the online probe on the validation split (a monitor only)."""
+    feats = _embed(run, run.splits.val)
+    was_training = run.model.probe.training
+    run.model.probe.eval()
+    logits = run.model.probe(feats.to(run.device)).cpu()
+    run.model.probe.train(was_training)
+    return float((logits.argmax(1) == _labels(run.splits.val)).double().mean())
+
+
+def _evaluate(run: _Run) -> dict[str, float | str]:
+    """Frozen-feature evaluation of the backbone (labels used to *measure* only): the linear
+    probe (train -> validation split), kNN, and the reference: the probe cross-validated over
+    the labelled images of both splits."""
+    cfg, splits = run.cfg, run.splits
+    train_x, val_x = _embed(run, splits.train), _embed(run, splits.val)
+    train_y, val_y = _labels(splits.train), _labels(splits.val)
+    result = None
+    if run.rank == 0:  # the probes are fit once; the other ranks wait for seconds, not minutes
+        all_x, all_y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])
+        if len(all_y) > cfg.eval.reference_max_images:
+            keep = torch.randperm(len(all_y), generator=torch.Generator().manual_seed(cfg.train.seed))[: cfg.eval.reference_max_images]
+            all_x, all_y = all_x[keep], all_y[keep]
+        ref_acc, correct = cross_validated_probe(all_x, all_y, folds=cfg.eval.reference_folds, seed=cfg.train.seed, max_iter=cfg.eval.linear_max_iter)
+        result = {
+            M.LINEAR_ACC: linear_probe_accuracy(train_x, train_y, val_x, val_y, max_iter=cfg.eval.linear_max_iter, seed=cfg.train.seed),
+            M.KNN_ACC: knn_accuracy(train_x, train_y, val_x, val_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=splits.num_classes),
+            M.REFERENCE_ACC: ref_acc,
+            M.REFERENCE_CORRECT: M.pack_bits(correct.numpy()),
+        }
+    return broadcast_object(result)
+
+
+def _report(run: _Run, sink: Sink, metrics: dict[str, float | str], epoch: int, step: int, opt: torch.optim.Optimizer) -> None:
+    cfg = run.cfg
+    due = cfg.train.save_checkpoint and (epoch == cfg.train.epochs or epoch % cfg.train.checkpoint_every == 0)
+    checkpoint = save_checkpoint(sink.checkpoint_dir(), run.model, opt, cfg, epoch, step, metrics) if due and run.rank == 0 else None
+    sink.report(metrics, checkpoint)
 
 
 def _wrap_ddp(model: LeJEPAModel, device: torch.device) -> nn.Module:
@@ -235,102 +409,31 @@ def _wrap_ddp(model: LeJEPAModel, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model)
 
 
-def _collective_device() -> torch.device:
-    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+# ----------------------------------------------------------------------------------------------
+# Checkpoints.
 
 
-def _mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
-    """The float64 mean over ranks of a CPU tensor (itself when not distributed)."""
-    if world == 1:
-        return values
-    # A copy: `.to()` returns `values` itself when nothing changes, and the collective below
-    # works in place.
-    buf = values.to(_collective_device(), dtype=torch.float64, copy=True)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)  # in place: the c10d collective, no autograd
-    return buf.cpu() / world
-
-
-def _broadcast_from_rank0(values: torch.Tensor, world: int) -> torch.Tensor:
-    if world == 1:
-        return values
-    buf = values.to(_collective_device(), copy=True)
-    dist.broadcast(buf, src=0)
-    return buf.cpu()
-
-
-def _eval_loader(dataset, cfg: Config) -> DataLoader:
-    transform = eval_transform(cfg.views.global_size, cfg.views.mean, cfg.views.std)
-    return DataLoader(EvalDataset(dataset, transform), batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-
-
-@torch.no_grad()
-def _online_accuracy(model: LeJEPAModel, val, cfg: Config, device, amp, rank: int, world: int) -> float:
-    """Top-1 accuracy of the online probe on the validation split (a monitor only)."""
-    correct = torch.zeros(2, dtype=torch.float64)
-    if rank == 0:
-        was_training = model.training
-        model.eval()
-        for images, labels in _eval_loader(val, cfg):
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model.probe(model.backbone(images.to(device)))
-            correct += torch.tensor([(logits.argmax(1).cpu() == labels).sum().item(), len(labels)], dtype=torch.float64)
-        model.train(was_training)
-    correct = _broadcast_from_rank0(correct, world)  # rank 0's count, on every rank
-    return float(correct[0] / correct[1])
-
-
-def evaluate_encoder(model: LeJEPAModel, splits, cfg: Config, device: torch.device, amp: torch.dtype | None) -> dict[str, float]:
-    """Frozen-feature evaluation of the backbone: ``eval/linear_acc`` and ``eval/knn_acc``
-    (labels used to *measure* only), and label-free signals: ``eval/rankme``, the effective
-    rank of the LeJEPA embeddings (projector outputs, what SIGReg shapes), ``eval/rankme_backbone``,
-    that of the backbone features, and ``eval/embed_std``, the embeddings' mean per-coordinate
-    standard deviation."""
-    train_x, train_y = extract_features(model.backbone, _eval_loader(splits.train, cfg), device, amp)
-    val_x, val_y = extract_features(model.backbone, _eval_loader(splits.val, cfg), device, amp)
-    # The embeddings from the features already extracted: no second pass of the backbone.
-    val_z, _ = extract_features(model.projector, DataLoader(TensorDataset(val_x, val_y), batch_size=cfg.eval.batch_size), device, amp)
-    return {
-        "eval/linear_acc": linear_probe_accuracy(train_x, train_y, val_x, val_y, max_iter=cfg.eval.linear_max_iter, seed=cfg.train.seed),
-        "eval/knn_acc": knn_accuracy(train_x, train_y, val_x, val_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=splits.num_classes),
-        "eval/rankme": rankme(val_z),
-        "eval/rankme_backbone": rankme(val_x),
-        # RankMe is scale-free; this is not: ~0 when the embeddings collapse to a point.
-        "eval/embed_std": float(val_z.std(dim=0).mean()),
-    }
-
-
-def _evaluate_on_rank0(model: LeJEPAModel, splits, cfg: Config, device, amp, rank: int, world: int) -> dict[str, float]:
-    result = [evaluate_encoder(model, splits, cfg, device, amp) if rank == 0 else None]
-    if world > 1:
-        dist.broadcast_object_list(result, src=0)
-    return result[0]
-
-
-def save_checkpoint(model: LeJEPAModel, cfg: Config, directory: Path, metrics: dict[str, float]) -> Path:
-    """Writes ``encoder.pt`` (the timm backbone's state dict), ``projector.pt``, ``probe.pt``,
-    ``config.yaml`` and ``metrics.json`` into ``directory`` (replacing a previous checkpoint)."""
+def save_checkpoint(directory: Path, model: LeJEPAModel, opt: torch.optim.Optimizer, cfg: Config, epoch: int, step: int, metrics: dict) -> Path:
+    """Writes into ``directory``: ``encoder.pt`` (the timm backbone's state dict) and
+    ``projector.pt`` (what an export needs), ``state.pt`` (model with probe, optimiser, epoch
+    and step: what resuming needs), ``config.yaml`` and ``metrics.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.backbone.state_dict(), directory / "encoder.pt")
     torch.save(model.projector.state_dict(), directory / "projector.pt")
-    torch.save(model.probe.state_dict(), directory / "probe.pt")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step}, directory / CHECKPOINT_STATE)
     save_config(cfg, directory / "config.yaml")
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return directory
 
 
-def _log_rank(out_dir: Path, rank: int, epoch: int, local: dict[str, float], reduced: dict[str, float]) -> None:
-    path = out_dir / "ranks" / f"rank{rank}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps({"epoch": epoch, "local": local, "reduced": reduced}) + "\n")
-
-
-def _log(metrics: dict[str, float], out_dir: Path, rank: int, verbose: bool) -> None:
-    if rank != 0:
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(metrics) + "\n")
-    if verbose:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+def load_checkpoint(directory: str | Path, model: LeJEPAModel, opt: torch.optim.Optimizer, cfg: Config) -> tuple[int, int, dict]:
+    """Restores ``model`` and ``opt`` from a checkpoint; returns ``(epoch, step, metrics)``,
+    the epochs and steps already done and that epoch's metrics."""
+    directory = Path(directory)
+    if not (directory / CHECKPOINT_STATE).is_file():
+        raise ValueError(f"train.resume_from: {directory} holds no {CHECKPOINT_STATE} (not a checkpoint of lejepa-tune)")
+    state = torch.load(directory / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    metrics = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").is_file() else {}
+    return int(state["epoch"]), int(state["step"]), metrics

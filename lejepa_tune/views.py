@@ -1,130 +1,235 @@
-"""Multi-crop views for LeJEPA training and the deterministic transform for evaluation.
+"""Batched multi-crop views: the whole batch is augmented at once, as tensor operations, on the
+training device (the GPU when there is one).
 
-Each training image gives ``n_global`` crops at ``global_size`` (RandomResizedCrop with scale
-``global_scale``) plus ``n_local`` small crops at ``local_size`` (scale ``local_scale``), each
-independently augmented with the official LeJEPA recipe: colour jitter, grayscale, Gaussian
-blur, solarisation, horizontal flip, then normalisation.
+Images arrive as a ``uint8`` batch ``(B, 3, H, W)``. Each view of each image gets its own
+random parameters, drawn on the CPU from a ``torch.Generator`` (so a seed gives the same views
+on any device) with the distributions of torchvision's per-image transforms:
+
+* ``RandomResizedCrop(size, scale, ratio=(3/4, 4/3))``: area fraction uniform in ``scale``,
+  log aspect ratio uniform, ten tries to fit, else the centre crop of the clamped ratio;
+  the crop is resampled by ``roi_align`` (bilinear, averaging several samples per output pixel
+  when it shrinks, as an antialiased resize does);
+* ``ColorJitter`` (with probability ``jitter_prob``): brightness, contrast and saturation
+  factors uniform in ``[1 - s, 1 + s]``, hue shift uniform in ``[-h, h]``, applied in a random
+  order per view;
+* ``RandomGrayscale``, ``GaussianBlur`` (sigma uniform in ``[0.1, 2]``, a kernel of about a tenth
+  of the crop, reflect padding), ``RandomSolarize`` (threshold 128 of 255),
+  ``RandomHorizontalFlip``, then normalisation.
+
+The order is the official LeJEPA recipe's: crop, jitter, grayscale, blur, solarize, flip.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.transforms import v2
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
 
-from lejepa_tune.config import ViewsConfig
+from .config import ViewsConfig
 
-__all__ = ["MultiCropViews", "build_views", "eval_transform", "ViewDataset", "EvalDataset"]
+__all__ = ["ViewParams", "Augment", "MultiViews", "build_views", "select", "concat", "to_unit_float", "eval_views"]
+
+_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+_SOLARIZE_THRESHOLD = 128.0 / 255.0
+_SIGMA = (0.1, 2.0)
 
 
-def _blur_kernel(size: int) -> int:
+def blur_kernel_size(size: int) -> int:
     """An odd Gaussian-blur kernel of about a tenth of the crop (23 at 224), at least 3."""
     k = max(3, round(size / 10))
     return k if k % 2 == 1 else k + 1
 
 
-def _augmentation(
-    size: int,
-    scale: tuple[float, float],
-    jitter_prob: float,
-    jitter_strength: Sequence[float],
-    grayscale_prob: float,
-    blur_prob: float,
-    solarize_prob: float,
-    hflip_prob: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> v2.Compose:
-    """PIL image -> float tensor ``(3, size, size)``: one randomly cropped, augmented view."""
-    brightness, contrast, saturation, hue = jitter_strength
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=tuple(scale)),
-            v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_prob),
-            v2.RandomGrayscale(p=grayscale_prob),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=_blur_kernel(size), sigma=(0.1, 2.0))], p=blur_prob),
-            # Still a PIL image here (0..255), so 128 is the middle of the range.
-            v2.RandomSolarize(threshold=128, p=solarize_prob),
-            v2.RandomHorizontalFlip(p=hflip_prob),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+@dataclass(frozen=True)
+class ViewParams:
+    """The random parameters of ``n`` views; every field has ``n`` rows.
 
-
-class MultiCropViews:
-    """PIL image -> ``(globals (n_global, 3, G, G), locals (n_local, 3, L, L))`` float tensors.
-
-    Every view is drawn independently; ``locals`` has shape ``(0, 3, L, L)`` when ``n_local``
-    is 0, so batches always collate the same way.
+    ``boxes (n, 4)``: crop ``x0, y0, x1, y1`` in pixels (continuous coordinates, pixel ``i``
+    spans ``[i, i + 1)``); ``jitter (n,)`` whether colour jitter applies, with ``factors (n, 4)``
+    (brightness, contrast, saturation, hue) and ``order (n, 4)`` (a permutation of the four);
+    ``gray``, ``blur``, ``solarize``, ``flip`` ``(n,)`` booleans; ``sigma (n,)`` the blur's.
     """
+
+    boxes: Tensor
+    jitter: Tensor
+    factors: Tensor
+    order: Tensor
+    gray: Tensor
+    blur: Tensor
+    sigma: Tensor
+    solarize: Tensor
+    flip: Tensor
+
+
+def _crop_boxes(n: int, height: int, width: int, scale: Sequence[float], gen: torch.Generator) -> Tensor:
+    """``(n, 4)`` boxes drawn as ``RandomResizedCrop.get_params`` draws them, ``n`` at a time."""
+    area = height * width
+    tries = 10
+    target = area * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=gen)  # (n, 10)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(_RATIO[0]), math.log(_RATIO[1]), generator=gen)
+    ratio = log_ratio.exp()
+    w = (target * ratio).sqrt().round()
+    h = (target / ratio).sqrt().round()
+    fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)  # (n, 10)
+    # torchvision draws the offset only for the try that fits; drawing one per try and keeping
+    # the chosen one's gives the same distribution (uniform over the valid offsets).
+    u_i = torch.rand(n, tries, generator=gen)
+    u_j = torch.rand(n, tries, generator=gen)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(n, dtype=torch.long))
+    pick = lambda t: t.gather(1, first[:, None])[:, 0]  # noqa: E731 - a local shorthand
+    w, h = pick(w), pick(h)
+    i = (pick(u_i) * (height - h + 1)).floor()
+    j = (pick(u_j) * (width - w + 1)).floor()
+    # No try fits: the centre crop of the whole image with the ratio clamped to the range.
+    in_ratio = width / height
+    if in_ratio < _RATIO[0]:
+        fw, fh = width, round(width / _RATIO[0])
+    elif in_ratio > _RATIO[1]:
+        fh, fw = height, round(height * _RATIO[1])
+    else:
+        fw, fh = width, height
+    none = ~fits.any(1)
+    w = torch.where(none, torch.tensor(float(fw)), w)
+    h = torch.where(none, torch.tensor(float(fh)), h)
+    i = torch.where(none, torch.tensor(float((height - fh) // 2)), i)
+    j = torch.where(none, torch.tensor(float((width - fw) // 2)), j)
+    return torch.stack([j, i, j + w, i + h], dim=1)
+
+
+class Augment:
+    """One kind of view (a global or a local crop): ``sample`` draws parameters, ``apply``
+    makes the views. ``uint8 (B, 3, H, W)`` in, normalised ``float32 (B, 3, size, size)`` out."""
 
     def __init__(
         self,
-        n_global: int,
-        n_local: int,
-        global_size: int,
-        local_size: int,
-        global_scale: tuple[float, float],
-        local_scale: tuple[float, float],
+        size: int,
+        scale: Sequence[float],
         jitter_prob: float,
-        jitter_strength: tuple[float, float, float, float],
+        jitter_strength: Sequence[float],
         grayscale_prob: float,
         blur_prob: float,
         solarize_prob: float,
         hflip_prob: float,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
+        mean: Sequence[float],
+        std: Sequence[float],
     ):
-        if n_global < 1 or n_local < 0:
-            raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
         if len(jitter_strength) != 4:
             raise ValueError(f"jitter_strength is (brightness, contrast, saturation, hue), got {jitter_strength}")
-        self.n_global = n_global
-        self.n_local = n_local
-        self.global_size = global_size
-        self.local_size = local_size
-        shared = dict(
-            jitter_prob=jitter_prob,
-            jitter_strength=jitter_strength,
-            grayscale_prob=grayscale_prob,
-            blur_prob=blur_prob,
-            solarize_prob=solarize_prob,
-            hflip_prob=hflip_prob,
-            mean=mean,
-            std=std,
-        )
-        self.global_transform = _augmentation(global_size, global_scale, **shared)
-        self.local_transform = _augmentation(local_size, local_scale, **shared)
+        self.size = size
+        self.scale = tuple(scale)
+        self.jitter_prob = jitter_prob
+        self.jitter_strength = tuple(float(s) for s in jitter_strength)
+        self.grayscale_prob = grayscale_prob
+        self.blur_prob = blur_prob
+        self.solarize_prob = solarize_prob
+        self.hflip_prob = hflip_prob
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.kernel_size = blur_kernel_size(size)
 
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        globals_ = torch.stack([self.global_transform(image) for _ in range(self.n_global)])
-        if self.n_local == 0:
-            locals_ = torch.empty(0, 3, self.local_size, self.local_size)
-        else:
-            locals_ = torch.stack([self.local_transform(image) for _ in range(self.n_local)])
-        return globals_, locals_
+    def sample(self, n: int, height: int, width: int, gen: torch.Generator) -> ViewParams:
+        """Parameters of ``n`` views of ``height x width`` images, drawn from ``gen`` (CPU)."""
+        b, c, s, h = self.jitter_strength
+        lo = torch.tensor([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h])
+        hi = torch.tensor([1 + b, 1 + c, 1 + s, h])
+        coin = lambda p: torch.rand(n, generator=gen) < p  # noqa: E731 - a local shorthand
+        return ViewParams(
+            boxes=_crop_boxes(n, height, width, self.scale, gen),
+            jitter=coin(self.jitter_prob),
+            factors=lo + (hi - lo) * torch.rand(n, 4, generator=gen),
+            order=torch.rand(n, 4, generator=gen).argsort(dim=1),  # a uniform permutation per view
+            gray=coin(self.grayscale_prob),
+            blur=coin(self.blur_prob),
+            sigma=torch.empty(n).uniform_(*_SIGMA, generator=gen),
+            solarize=coin(self.solarize_prob),
+            flip=coin(self.hflip_prob),
+        )
+
+    def apply(self, images: Tensor, params: ViewParams, index: Tensor | None = None) -> Tensor:
+        """The views of ``images`` (``(B, 3, H, W)``, uint8 or float in [0, 1]) with ``params``;
+        view ``r`` is cut from image ``index[r]`` (default: view ``r`` of image ``r``)."""
+        x = to_unit_float(images)
+        device = x.device
+        n = params.boxes.shape[0]
+        index = torch.arange(n) if index is None else index
+        rois = torch.cat([index[:, None].float(), params.boxes], dim=1).to(device)  # (n, 5)
+        x = roi_align(x, rois, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # (n, 3, S, S)
+        p = _to(params, device)
+        if self.jitter_prob > 0 and bool(params.jitter.any()):
+            x = torch.where(p.jitter[:, None, None, None], _color_jitter(x, p.factors, p.order), x)
+        if self.grayscale_prob > 0:
+            x = torch.where(p.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+        if self.blur_prob > 0 and bool(params.blur.any()):
+            x = torch.where(p.blur[:, None, None, None], _gaussian_blur(x, p.sigma, self.kernel_size), x)
+        if self.solarize_prob > 0:
+            x = torch.where(p.solarize[:, None, None, None] & (x >= _SOLARIZE_THRESHOLD), 1.0 - x, x)
+        if self.hflip_prob > 0:
+            x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
+        return (x - self.mean.to(device)) / self.std.to(device)
+
+    def __call__(self, images: Tensor, gen: torch.Generator) -> Tensor:
+        """One view of each image: ``(B, 3, size, size)``."""
+        params = self.sample(images.shape[0], images.shape[-2], images.shape[-1], gen)
+        return self.apply(images, params)
+
+
+class MultiViews:
+    """``n_global`` global and ``n_local`` local views of every image of a batch.
+
+    ``__call__(images uint8 (B, 3, H, W), gen, shard)`` returns ``global (Vg, B, 3, G, G)`` and
+    ``local (Vl, B, 3, L, L)`` (``Vl`` may be 0), view-major as the model takes them.
+
+    Under DDP, ``shard = (rank, world)``: ``images`` is this rank's slice of a global batch of
+    ``B * world`` images. The parameters are drawn for the whole global batch from ``gen``
+    (seeded alike on every rank) and each rank keeps its slice, so ranks make different views
+    of their different images, a rerun makes the same, and the views of ``world`` ranks are
+    exactly those one process makes of the whole batch.
+    """
+
+    def __init__(self, n_global: int, n_local: int, global_aug: Augment, local_aug: Augment):
+        if n_global < 1 or n_local < 0:
+            raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global} and {n_local}")
+        self.n_global, self.n_local = n_global, n_local
+        self.global_aug, self.local_aug = global_aug, local_aug
+
+    def __call__(self, images: Tensor, gen: torch.Generator, shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+        rank, world = shard
+        b = images.shape[0]
+        x = to_unit_float(images)  # once, shared by every view
+        out = []
+        for aug, v in ((self.global_aug, self.n_global), (self.local_aug, self.n_local)):
+            if v == 0:
+                out.append(x.new_empty(0, b, 3, aug.size, aug.size))
+                continue
+            params = aug.sample(v * b * world, x.shape[-2], x.shape[-1], gen)  # row k*(B*world) + j: view k of image j
+            rows = (torch.arange(v)[:, None] * (b * world) + rank * b + torch.arange(b)[None, :]).reshape(-1)
+            index = torch.arange(b).repeat(v)  # view-major: views 0..v-1 of images 0..b-1
+            out.append(aug.apply(x, select(params, rows), index).view(v, b, 3, aug.size, aug.size))
+        return out[0], out[1]
 
     def __repr__(self) -> str:
-        return (
-            f"MultiCropViews(n_global={self.n_global}, n_local={self.n_local}, "
-            f"global_size={self.global_size}, local_size={self.local_size})"
-        )
+        return f"MultiViews(n_global={self.n_global}, n_local={self.n_local}, global_size={self.global_aug.size}, local_size={self.local_aug.size})"
 
 
-def build_views(cfg: ViewsConfig) -> MultiCropViews:
-    """The :class:`MultiCropViews` described by the ``views`` section of the config."""
-    return MultiCropViews(
-        n_global=cfg.n_global,
-        n_local=cfg.n_local,
-        global_size=cfg.global_size,
-        local_size=cfg.local_size,
-        global_scale=cfg.global_scale,
-        local_scale=cfg.local_scale,
+def select(params: ViewParams, rows: Tensor) -> ViewParams:
+    """The parameters of the views ``rows``."""
+    return ViewParams(**{k: getattr(params, k)[rows] for k in ViewParams.__dataclass_fields__})
+
+
+def concat(parts: Sequence[ViewParams]) -> ViewParams:
+    """The parameters of several sets of views, one after the other."""
+    return ViewParams(**{k: torch.cat([getattr(p, k) for p in parts]) for k in ViewParams.__dataclass_fields__})
+
+
+def build_views(cfg: ViewsConfig) -> MultiViews:
+    """The :class:`MultiViews` described by the ``views`` section of the config."""
+    shared = dict(
         jitter_prob=cfg.jitter_prob,
         jitter_strength=cfg.jitter_strength,
         grayscale_prob=cfg.grayscale_prob,
@@ -134,50 +239,101 @@ def build_views(cfg: ViewsConfig) -> MultiCropViews:
         mean=cfg.mean,
         std=cfg.std,
     )
-
-
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Deterministic PIL image -> float tensor ``(3, size, size)``: resize, centre crop, normalise."""
-    return v2.Compose(
-        [
-            v2.Resize(size),  # the shorter side
-            v2.CenterCrop(size),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
+    return MultiViews(
+        cfg.n_global,
+        cfg.n_local,
+        Augment(cfg.global_size, cfg.global_scale, **shared),
+        Augment(cfg.local_size, cfg.local_scale, **shared),
     )
 
 
-class ViewDataset(Dataset):
-    """``(PIL, label)`` items -> ``(globals (Vg, 3, G, G), locals (Vl, 3, L, L), label)``.
-
-    The default collate stacks these into ``(B, Vg, 3, G, G)``, ``(B, Vl, 3, L, L)``, ``(B,)``.
-    """
-
-    def __init__(self, base: Dataset, views: MultiCropViews):
-        self.base = base
-        self.views = views
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image, label = self.base[index]
-        globals_, locals_ = self.views(image)
-        return globals_, locals_, label
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float input is taken to be in ``[0, 1]`` already."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-class EvalDataset(Dataset):
-    """``(PIL, label)`` items -> ``(tensor (3, S, S), label)`` through a deterministic transform."""
+def eval_views(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """The deterministic evaluation view: the whole (square) image resized to ``size``
+    (antialiased), normalised. ``(B, 3, H, W)`` -> ``(B, 3, size, size)``."""
+    x = to_unit_float(images)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
 
-    def __init__(self, base: Dataset, transform: Callable[[Image.Image], torch.Tensor]):
-        self.base = base
-        self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.base)
+# ----------------------------------------------------------------------------------------------
+# Colour operations on float (n, 3, H, W) batches in [0, 1], one factor per image.
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.base[index]
-        return self.transform(image), label
+
+def _to(params: ViewParams, device: torch.device) -> ViewParams:
+    return ViewParams(**{k: getattr(params, k).to(device, non_blocking=True) for k in ViewParams.__dataclass_fields__})
+
+
+def _grayscale(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)  # (n, 1, H, W)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    return (factor[:, None, None, None] * x + (1.0 - factor[:, None, None, None]) * other).clamp_(0.0, 1.0)
+
+
+def _brightness(x: Tensor, f: Tensor) -> Tensor:
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def _contrast(x: Tensor, f: Tensor) -> Tensor:
+    return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def _saturation(x: Tensor, f: Tensor) -> Tensor:
+    return _blend(x, _grayscale(x), f)
+
+
+def _hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotates the hue by ``shift`` (a fraction of the circle), through HSV."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    h = (h + shift[:, None, None]) % 1.0
+    # HSV -> RGB, the k-formula: channel c = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) % 6.
+    k = torch.stack([(n + 6.0 * h) % 6.0 for n in (5.0, 3.0, 1.0)], dim=1)  # (n, 3, H, W)
+    weight = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return (maxc[:, None] - maxc[:, None] * s[:, None] * weight).clamp_(0.0, 1.0)
+
+
+_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+
+
+def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    """ColorJitter with per-image factors ``(n, 4)`` applied in per-image ``order`` ``(n, 4)``."""
+    x = x.clone()
+    for slot in range(4):
+        for op in range(4):
+            rows = (order[:, slot] == op).nonzero().squeeze(1)
+            if rows.numel():
+                x[rows] = _JITTER_OPS[op](x[rows], factors[rows, op])
+    return x
+
+
+def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Separable Gaussian blur, one ``sigma`` per image, reflect padding (as torchvision)."""
+    n, c, h, w = x.shape
+    half = (kernel_size - 1) / 2.0
+    t = torch.linspace(-half, half, kernel_size, device=x.device)
+    kernel = torch.exp(-0.5 * (t[None, :] / sigma[:, None]).square())  # (n, k)
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    weight = kernel.repeat_interleave(c, dim=0)  # (n*c, k)
+    pad = kernel_size // 2
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), weight[:, None, None, :], groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), weight[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)

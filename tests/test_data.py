@@ -9,10 +9,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lejepa_tune.config import DataConfig
-from lejepa_tune.data import DatasetError, DataSplits, build_datasets
+from lejepa_tune.data import DatasetError, DataSplits, TensorImages, as_tensors, build_datasets
 
 # One solid colour per class, so a loaded image tells which class it was written as.
 COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
@@ -30,17 +31,19 @@ def solid(label: int, size: tuple[int, int] = (20, 12), mode: str = "RGB") -> Im
     return Image.new("RGB", size, COLORS[label]).convert(mode)
 
 
-def dominant_class(image: Image.Image) -> int:
+def dominant_class(image: torch.Tensor) -> int:
     """The class whose colour channel is brightest on average."""
-    return int(np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(0).argmax())
+    return int(image.double().mean(dim=(1, 2)).argmax())
 
 
 def check_items(dataset, size: int, labels: list[int]) -> None:
     assert [dataset[i][1] for i in range(len(dataset))] == labels
     for i in range(len(dataset)):
         image, label = dataset[i]
-        assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (size, size)
+        assert image.dtype == torch.uint8 and image.shape == (3, size, size)
         assert isinstance(label, int) and dominant_class(image) == label
+    decoded = as_tensors(dataset)
+    assert decoded.images.shape == (len(labels), 3, size, size) and decoded.labels.tolist() == labels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,11 +56,11 @@ def test_digits_split_sizes_labels_and_images():
     assert len(splits.train) + len(splits.val) == 1797
     assert len(splits.val) == 360  # ceil(0.2 * 1797), sklearn's rounding for the test part
 
+    assert isinstance(splits.train, TensorImages) and splits.train.images.shape == (1437, 3, 16, 16)
     image, label = splits.train[0]
-    assert image.mode == "RGB" and image.size == (16, 16)
-    pixels = np.asarray(image)
-    assert pixels.dtype == np.uint8 and pixels.max() > 200  # 0..16 was stretched to 0..255
-    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
+    assert image.max() > 200  # 0..16 was stretched to 0..255
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
 
     train_labels = [splits.train[i][1] for i in range(len(splits.train))]
     val_labels = [splits.val[i][1] for i in range(len(splits.val))]
@@ -71,7 +74,7 @@ def test_digits_split_sizes_labels_and_images():
 def test_digits_split_is_seeded_and_deterministic():
     def fingerprint(seed: int) -> tuple:
         splits = build_datasets(DataConfig(dataset="digits", image_size=8, split_seed=seed))
-        return tuple(np.asarray(splits.val[i][0]).tobytes() for i in range(len(splits.val)))
+        return tuple(splits.val[i][0].numpy().tobytes() for i in range(len(splits.val)))
 
     assert fingerprint(0) == fingerprint(0)
     assert fingerprint(0) != fingerprint(1)
@@ -82,7 +85,7 @@ def test_caps_take_the_first_items():
     capped = build_datasets(DataConfig(dataset="digits", image_size=8, max_train_samples=10, max_val_samples=5))
     assert (len(capped.train), len(capped.val)) == (10, 5)
     assert [capped.train[i][1] for i in range(10)] == [full.train[i][1] for i in range(10)]
-    assert np.array_equal(np.asarray(capped.val[4][0]), np.asarray(full.val[4][0]))
+    assert torch.equal(capped.val[4][0], full.val[4][0])
     # A cap larger than the split is no cap.
     big = build_datasets(DataConfig(dataset="digits", image_size=8, max_val_samples=10_000))
     assert len(big.val) == len(full.val)
@@ -158,7 +161,7 @@ def test_hf_image_folder_directory(tmp_path: Path):
     train = [splits.train[i] for i in range(len(splits.train))]
     assert sorted(names[y] for _, y in train) == sorted(["red", "green", "blue", "blue"])
     for image, y in train + [splits.val[i] for i in range(len(splits.val))]:
-        assert image.size == (8, 8) and ["red", "green", "blue"][dominant_class(image)] == names[y]
+        assert image.shape == (3, 8, 8) and ["red", "green", "blue"][dominant_class(image)] == names[y]
 
 
 def test_hf_missing_column_and_split_name_what_exists(saved_dict: Path):
@@ -211,7 +214,7 @@ def test_folder_dataset(tmp_path: Path):
     assert [names[splits.train[i][1]] for i in range(len(splits.train))] == ["blue", "green", "red", "red"]
     assert [names[splits.val[i][1]] for i in range(len(splits.val))] == ["blue", "blue", "red"]
     for image, y in [splits.train[i] for i in range(4)] + [splits.val[i] for i in range(3)]:
-        assert image.mode == "RGB" and image.size == (12, 12)
+        assert image.dtype == torch.uint8 and image.shape == (3, 12, 12)
         assert ["red", "green", "blue"][dominant_class(image)] == names[y]
 
 

@@ -1,4 +1,5 @@
-"""Tests for lejepa_tune.evaluate: probes on synthetic features, RankMe, feature extraction."""
+"""Tests for lejepa_tune.evaluate: probes on synthetic features, the reference probe, feature
+extraction, and the label-free criteria on synthetic views with known answers."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-
-from lejepa_tune.evaluate import extract_features, knn_accuracy, linear_probe_accuracy, rankme
+from lejepa_tune.evaluate import (
+    cross_validated_probe,
+    extract_features,
+    gaussian_mi,
+    invariance_ratio,
+    knn_accuracy,
+    labelfree_criteria,
+    lidar,
+    linear_probe_accuracy,
+    rankme,
+    sigreg_distance,
+    view_nn_accuracy,
+)
 
 
 def clusters(n_per_class: int, num_classes: int = 4, dim: int = 16, seed: int = 0):
@@ -183,45 +194,108 @@ class ModeRecorder(nn.Module):
 
 
 @pytest.fixture
-def loader():
+def batches():
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(30, 3, 2, 2, generator=g)
-    labels = torch.randint(0, 10, (30,), generator=g, dtype=torch.int32)
-    return DataLoader(TensorDataset(images, labels), batch_size=8)
+    return list(torch.randn(30, 3, 2, 2, generator=g).split(8))
 
 
-def test_extract_features_shapes_and_values(loader):
+def test_extract_features_shapes_and_values(batches):
     enc = ModeRecorder().train()
-    feats, labels = extract_features(enc, loader, torch.device("cpu"))
-    images, expected = loader.dataset.tensors
+    feats = extract_features(enc, batches, torch.device("cpu"))
     assert feats.shape == (30, 5) and feats.dtype == torch.float32 and feats.device.type == "cpu"
-    assert labels.shape == (30,) and labels.dtype == torch.int64
-    assert torch.equal(labels, expected.long())
     with torch.no_grad():
-        assert torch.allclose(feats, enc.linear(images.flatten(1)))
+        assert torch.allclose(feats, enc.linear(torch.cat(batches).flatten(1)))
     assert not feats.requires_grad
     # Ran in eval mode, and the previous (train) mode is back afterwards.
     assert enc.seen_training == [False] * 4
     assert enc.training and enc.linear.training
 
 
-def test_extract_features_restores_mixed_submodule_modes(loader):
+def test_extract_features_restores_mixed_submodule_modes(batches):
     enc = ModeRecorder().train()
     enc.linear.eval()  # e.g. a deliberately frozen submodule
-    extract_features(enc, loader, torch.device("cpu"))
+    extract_features(enc, batches, torch.device("cpu"))
     assert enc.training and not enc.linear.training
     enc.eval()
-    extract_features(enc, loader, torch.device("cpu"))
+    extract_features(enc, batches, torch.device("cpu"))
     assert not enc.training
 
 
-def test_extract_features_autocast_returns_float32(loader):
-    feats, _ = extract_features(
-        ModeRecorder(), loader, torch.device("cpu"), autocast_dtype=torch.bfloat16
-    )
+def test_extract_features_autocast_returns_float32(batches):
+    feats = extract_features(ModeRecorder(), batches, torch.device("cpu"), autocast_dtype=torch.bfloat16)
     assert feats.dtype == torch.float32 and feats.shape == (30, 5)
 
 
-def test_extract_features_rejects_non_2d_output(loader):
+def test_extract_features_rejects_non_2d_output(batches):
     with pytest.raises(ValueError, match=r"\(B, D\)"):
-        extract_features(nn.Identity(), loader, torch.device("cpu"))
+        extract_features(nn.Identity(), batches, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- reference probe
+
+
+def test_cross_validated_probe_scores_every_item_once(separable):
+    train_x, train_y, val_x, val_y = separable
+    x, y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])
+    acc, correct = cross_validated_probe(x, y, folds=5)
+    assert acc == 1.0 and correct.shape == (len(y),) and correct.dtype == torch.bool
+    noise = torch.randn(400, 16, generator=torch.Generator().manual_seed(5))
+    labels = torch.randint(0, 4, (400,), generator=torch.Generator().manual_seed(6))
+    acc, correct = cross_validated_probe(noise, labels, folds=4)
+    assert abs(acc - 0.25) < 0.08 and correct.float().mean().item() == pytest.approx(acc)
+    assert cross_validated_probe(noise, labels, folds=4)[0] == acc  # seeded folds
+
+
+def test_cross_validated_probe_with_a_rare_class():
+    x, y = clusters(20, num_classes=3)
+    x, y = torch.cat([x, 30 * torch.ones(1, 16)]), torch.cat([y, torch.tensor([3])])  # one item of class 3
+    acc, correct = cross_validated_probe(x, y, folds=5)
+    assert correct.shape == (61,) and acc > 0.95
+
+
+# --------------------------------------------------------------------------- label-free criteria
+
+
+def views_of(signal: float, noise: float, m: int = 200, q: int = 4, d: int = 12, rank: int = 12, seed: int = 0) -> torch.Tensor:
+    """``(m, q, d)``: image signal of covariance ``signal²`` in ``rank`` directions, plus
+    view noise ``noise²`` in every direction."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.zeros(m, 1, d)
+    s[..., :rank] = signal * torch.randn(m, 1, rank, generator=g)
+    return s + noise * torch.randn(m, q, d, generator=g)
+
+
+def test_gaussian_mi_matches_the_gaussian_channel_and_is_linear_invariant():
+    # Signal variance 4, noise 1 in 12 directions: ½ · 12 · log(1 + 4) = 9.66 nats.
+    f = views_of(2.0, 1.0, m=4000)
+    assert gaussian_mi(f) == pytest.approx(6 * math.log(5), rel=0.05)
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(1)))
+    assert gaussian_mi(f @ rotation) == pytest.approx(gaussian_mi(f), rel=1e-6)
+    assert gaussian_mi(10 * f) == pytest.approx(gaussian_mi(f), rel=1e-6)
+    mix = torch.randn(12, 12, generator=torch.Generator().manual_seed(1)) + 3 * torch.eye(12)
+    assert gaussian_mi(f @ mix) == pytest.approx(gaussian_mi(f), rel=0.02)  # up to the ridge on Σ_w
+    # More signal per unit of noise, or more informative directions, is more information.
+    assert gaussian_mi(views_of(1.0, 1.0)) < gaussian_mi(views_of(3.0, 1.0))
+    assert gaussian_mi(views_of(2.0, 1.0, rank=3)) < gaussian_mi(views_of(2.0, 1.0, rank=12))
+    assert gaussian_mi(views_of(0.0, 1.0)) < 0.5  # pure view noise: about no information
+
+
+def test_view_criteria_on_invariant_and_noisy_views():
+    clean, noisy = views_of(3.0, 0.1), views_of(0.3, 1.0)
+    assert view_nn_accuracy(clean) > 0.95 > 0.3 > view_nn_accuracy(noisy)
+    assert invariance_ratio(clean) < 0.01 and invariance_ratio(noisy) > 0.6
+    assert lidar(views_of(2.0, 1.0, rank=3)) < lidar(views_of(2.0, 1.0, rank=12))
+    gauss = torch.randn(500, 4, 12, generator=torch.Generator().manual_seed(2))
+    assert abs(sigreg_distance(gauss)) < 0.01 < sigreg_distance(gauss + 3.0)
+
+
+def test_labelfree_criteria_names_and_a_diverged_encoder():
+    from lejepa_tune.metrics import LABELFREE_CRITERIA
+
+    values = labelfree_criteria(views_of(2.0, 1.0))
+    assert tuple(values) == LABELFREE_CRITERIA and all(math.isfinite(v) for v in values.values())
+    bad = views_of(2.0, 1.0)
+    bad[0, 0, 0] = math.nan
+    assert all(math.isnan(v) for v in labelfree_criteria(bad).values())
+    with pytest.raises(ValueError, match="view features"):
+        labelfree_criteria(torch.randn(10, 1, 4))

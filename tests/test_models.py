@@ -21,22 +21,22 @@ def test_timm_backbones_with_global_and_local_views(backbone, kwargs, embed_dim)
         kwargs = {**kwargs, "dynamic_img_size": True}  # ViTs take the smaller local crops this way
     model = build_model(ModelConfig(backbone=backbone, backbone_kwargs=kwargs, proj_hidden_dims=(32,), proj_dim=8), num_classes=10)
     assert model.embed_dim == embed_dim
-    emb, proj, logits = model(torch.randn(4, 2, 3, 32, 32), torch.randn(4, 3, 3, 16, 16))
+    emb, proj, logits = model(torch.randn(2, 4, 3, 32, 32), torch.randn(3, 4, 3, 16, 16))  # (V, B, ...)
     assert emb.shape == (2, 4, embed_dim) and proj.shape == (5, 4, 8) and logits.shape == (2, 4, 10)
 
 
 def test_views_stay_in_view_major_order():
     model = build_model(ModelConfig(proj_hidden_dims=(16,), proj_dim=4), num_classes=3).eval()
-    views = torch.randn(3, 2, 3, 32, 32)  # (B, V, ...)
+    views = torch.randn(2, 3, 3, 32, 32)  # (V, B, ...)
     _, proj, _ = model(views)
     with torch.no_grad():
-        alone = model.projector(model.backbone(views[:, 1]))  # every sample's second view
+        alone = model.projector(model.backbone(views[1]))  # every sample's second view
     torch.testing.assert_close(proj[1], alone)
 
 
 def test_probe_never_trains_the_backbone():
     model = build_model(ModelConfig(proj_hidden_dims=(16,), proj_dim=4), num_classes=3)
-    _, _, logits = model(torch.randn(4, 2, 3, 32, 32))
+    _, _, logits = model(torch.randn(2, 4, 3, 32, 32))
     logits.sum().backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert all(p.grad is not None for p in model.probe.parameters())

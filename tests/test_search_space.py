@@ -33,7 +33,7 @@ def write(tmp_path, text, name="space.yaml"):
 def test_good_space_parses_to_optuna_distributions(tmp_path):
     spec = load_sweep_spec(write(tmp_path, GOOD))
     assert spec.name == "test_sweep" and spec.base.train.epochs == 2
-    assert spec.tune.num_samples == 3 and spec.tune.scheduler == "asha" and spec.tune.metric == "train/loss"
+    assert spec.tune.num_samples == 3 and spec.tune.scheduler == "asha" and spec.tune.metric == "labelfree/objective"
     assert spec.resources.num_workers == 2 and spec.resources.gpus_per_worker == "auto"
     d = {k: v.to_optuna() for k, v in spec.search.items()}
     assert d["loss.lam"] == optuna.distributions.FloatDistribution(0.01, 0.5, log=True)
@@ -124,14 +124,16 @@ def test_run_with_a_missing_dataset_fails_before_starting_ray(tmp_path, capsys):
 def test_asha_and_resources_follow_the_spec(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from lejepa_tune.sweep import _scheduler, resolve_resources
+    from lejepa_tune.sweep import _concurrency, _scheduler, resolve_resources
 
     spec = load_sweep_spec(write(tmp_path, GOOD), ["train.epochs=6", "tune.grace_period=2", "tune.reduction_factor=3"])
     asha = _scheduler(spec)
-    assert isinstance(asha, ASHAScheduler)
-    assert (asha._time_attr, asha._metric, asha._mode, asha._max_t) == ("training_iteration", "train/loss", "min", 6)
+    assert isinstance(asha, ASHAScheduler) and asha.metric == "labelfree/objective"
     assert isinstance(_scheduler(load_sweep_spec(write(tmp_path, "name: s\n", "plain.yaml"))), FIFOScheduler)
+    # gpus_per_worker: auto is decided from what the cluster holds when the trial starts.
+    assert resolve_resources(spec, {"CPU": 16}) == (1.0, 0.0)
+    assert resolve_resources(spec, {"CPU": 16, "GPU": 4}) == (1.0, 1.0)
     # 2 workers x 1 CPU per trial: 16 CPUs hold 8 trials; with 4 GPUs, 2 trials of 2 GPU workers.
-    assert resolve_resources(spec, {"CPU": 16}) == (1.0, 0.0, 8)
-    assert resolve_resources(spec, {"CPU": 16, "GPU": 4}) == (1.0, 1.0, 2)
-    assert resolve_resources(spec, {"CPU": 1}) == (1.0, 0.0, 1)
+    assert _concurrency(spec, {"CPU": 16}) == 8
+    assert _concurrency(spec, {"CPU": 16, "GPU": 4}) == 2
+    assert _concurrency(spec, {"CPU": 1}) == 1

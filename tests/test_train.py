@@ -1,5 +1,5 @@
-"""The training loop: schedule, device/precision choice, a tiny end-to-end run, the untrained
-baseline, divergence, and DDP under torchrun (2 gloo processes)."""
+"""The training loop: schedule, batches, device/precision choice, a tiny end-to-end run, the
+untrained baseline, divergence, exact resuming, and DDP under torchrun (2 gloo processes)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ import torch
 
 from lejepa_tune.config import load_config
 from lejepa_tune.models import build_model
-from lejepa_tune.train import TrainingDiverged, autocast_dtype, lr_factor, resolve_device, train
-
-from tiny import TINY as TINY_BASE
-
-TINY = [*TINY_BASE, "eval.linear_max_iter=100"]
+from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, unpack_bits
+from lejepa_tune.train import LocalSink, TrainingDiverged, autocast_dtype, epoch_batches, lr_factor, resolve_device, train
+from tiny import TINY
 
 
 def tiny_config(tmp_path, *extra):
@@ -56,20 +54,47 @@ def test_precision_is_chosen_per_device():
             resolve_device("cuda")
 
 
+class Recorder(LocalSink):
+    """The local sink, keeping what each epoch reported (and optionally stopping the run)."""
+
+    def __init__(self, cfg, stop_after: int | None = None):
+        super().__init__(cfg, verbose=False)
+        self.reports, self.stop_after = [], stop_after
+
+    def report(self, metrics, checkpoint):
+        super().report(metrics, checkpoint)
+        self.reports.append(dict(metrics))
+        if self.stop_after is not None and len(self.reports) == self.stop_after:
+            raise KeyboardInterrupt  # the process "dies" right after a checkpoint
+
+
+def test_epoch_batches_are_the_global_batch_split_over_ranks():
+    whole = epoch_batches(100, 32, world=1, rank=0, seed=0, epoch=3)
+    assert whole.shape == (3, 32)  # the incomplete last batch is dropped
+    halves = [epoch_batches(100, 32, world=2, rank=r, seed=0, epoch=3) for r in (0, 1)]
+    assert torch.equal(torch.cat(halves, dim=1), whole)
+    assert not torch.equal(epoch_batches(100, 32, 1, 0, 0, epoch=4), whole)
+    with pytest.raises(ValueError, match="train.batch_size: 32 is not divisible by the 3 processes"):
+        epoch_batches(100, 32, world=3, rank=0, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="exceeds the 100 training images"):
+        epoch_batches(100, 128, world=1, rank=0, seed=0, epoch=0)
+
+
 def test_tiny_run_reports_every_epoch_and_saves_a_loadable_encoder(tmp_path):
     cfg = tiny_config(tmp_path, "train.epochs=2")
-    reports = []
-    final = train(cfg, report=lambda m, ckpt: reports.append((dict(m), ckpt)))
-    assert [m["epoch"] for m, _ in reports] == [1, 2]
-    for m, _ in reports:
-        for key in ("train/loss", "train/inv", "train/sigreg", "train/probe_loss", "online/acc"):
+    sink = Recorder(cfg)
+    final = train(cfg, sink)
+    assert [m["epoch"] for m in sink.reports] == [1, 2]
+    for m in sink.reports:
+        for key in ("train/loss", "train/inv", "train/sigreg", "train/probe_loss", "train/scaled_loss", "online/acc", OBJECTIVE, "labelfree/embed/gmi"):
             assert math.isfinite(m[key]), key
         assert m["train/loss"] == pytest.approx((1 - cfg.loss.lam) * m["train/inv"] + cfg.loss.lam * m["train/sigreg"], rel=1e-6)
-    assert "eval/linear_acc" not in reports[0][0]  # the frozen evaluation runs once, at the end
-    for key in ("eval/linear_acc", "eval/knn_acc", "eval/rankme"):
-        assert key in final and 0 <= final[key] <= (1 if "acc" in key else 1e9)
-    ckpt = reports[-1][1]
-    assert (ckpt / "encoder.pt").is_file() and (ckpt / "config.yaml").is_file()
+        assert m["time/labelfree_s"] > 0
+    assert REFERENCE_ACC not in sink.reports[0]  # the labelled evaluation runs once, at the end
+    for key in ("eval/linear_acc", "eval/knn_acc", REFERENCE_ACC):
+        assert 0 <= final[key] <= 1
+    assert len(unpack_bits(final["eval/linear_cv_correct"])) == 128 + 60  # every labelled image, once
+    ckpt = tmp_path / "run" / "checkpoint"
     model = build_model(load_config(ckpt / "config.yaml").model, num_classes=10)
     model.backbone.load_state_dict(torch.load(ckpt / "encoder.pt"))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -78,10 +103,11 @@ def test_tiny_run_reports_every_epoch_and_saves_a_loadable_encoder(tmp_path):
 
 
 def test_zero_epochs_evaluates_the_untrained_model(tmp_path):
-    reports = []
-    final = train(tiny_config(tmp_path, "train.epochs=0"), report=lambda m, c: reports.append(m))
-    assert len(reports) == 1 and final["epoch"] == 0
-    assert 0.0 < final["eval/linear_acc"] <= 1.0 and "train/loss" not in final
+    cfg = tiny_config(tmp_path, "train.epochs=0")
+    sink = Recorder(cfg)
+    final = train(cfg, sink)
+    assert len(sink.reports) == 1 and final["epoch"] == 0
+    assert 0.0 < final[REFERENCE_ACC] <= 1.0 and "train/loss" not in final and OBJECTIVE in final
 
 
 def test_a_diverging_run_raises_a_clear_error(tmp_path):
@@ -90,28 +116,43 @@ def test_a_diverging_run_raises_a_clear_error(tmp_path):
         train(cfg)
 
 
+def test_resuming_from_a_checkpoint_continues_exactly(tmp_path):
+    """Killed after epoch 1 of 3, resumed from its checkpoint: the same epochs 2 and 3 as a run
+    that was never interrupted (bit for bit on one CPU process)."""
+    whole_cfg = tiny_config(tmp_path / "whole", "train.epochs=3")
+    whole = Recorder(whole_cfg)
+    train(whole_cfg, whole)
+    cut_cfg = tiny_config(tmp_path / "cut", "train.epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        train(cut_cfg, Recorder(cut_cfg, stop_after=1))
+    resumed_cfg = tiny_config(tmp_path / "cut", "train.epochs=3", f"train.resume_from={tmp_path / 'cut' / 'run' / 'checkpoint'}")
+    resumed = Recorder(resumed_cfg)
+    train(resumed_cfg, resumed)
+    assert [m["epoch"] for m in resumed.reports] == [2, 3]
+    for a, b in zip(whole.reports[1:], resumed.reports):
+        for key in ("train/loss", "train/sigreg", "train/probe_loss", OBJECTIVE, REFERENCE_ACC):
+            if key in a:
+                assert a[key] == b[key], key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_torchrun_two_gloo_processes(tmp_path):
-    """`lejepa-tune train` under torchrun: each rank computes its own loss; both agree on the
-    all-reduced mean, which is what rank 0 logs."""
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-        "-m", "lejepa_tune", "train", *sum((["--set", s] for s in TINY), []),
-        "--set", "train.epochs=1", "--set", "eval.enabled=false", "--output-dir", str(out),
-    ]
+def test_torchrun_two_gloo_processes_compute_what_one_process_computes(tmp_path):
+    """`lejepa-tune train` under torchrun: 2 ranks (gloo) log the loss that one process logs
+    for the same config, since SIGReg, BatchNorm and the views all see the global batch."""
+    common = [*sum((["--set", s] for s in TINY), []), "--set", "train.epochs=1", "--set", "eval.enabled=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "lejepa_tune", "train", *common, "--output-dir", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((out / "ranks" / f"rank{r}.jsonl").read_text().splitlines()[0]) for r in range(2)]
-    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert ranks[0]["local"]["train/loss"] != pytest.approx(ranks[1]["local"]["train/loss"], rel=1e-9)
-    mean = (ranks[0]["local"]["train/loss"] + ranks[1]["local"]["train/loss"]) / 2
-    for r in ranks:
-        assert r["reduced"]["train/loss"] == pytest.approx(mean, rel=1e-9)
-    assert logged["train/loss"] == pytest.approx(mean, rel=1e-9)
+    single = subprocess.run([sys.executable, "-m", "lejepa_tune", "train", *common, "--output-dir", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp, one = (json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0]) for d in ("ddp", "one"))
+    for key in ("train/loss", "train/inv", "train/sigreg"):
+        assert ddp[key] == pytest.approx(one[key], rel=2e-3), key

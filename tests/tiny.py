@@ -1,10 +1,48 @@
-"""Tiny training settings shared by the tests: a digits subset, a one-block ViT, few slices."""
+"""What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
+few slices), as a base config and as ``--set`` overrides, and hand-made sweep records."""
 
-TINY = [
-    "data.max_train_samples=128",
-    "data.max_val_samples=60",
-    "train.batch_size=32",
-    "loss.num_slices=32",
-    "model.proj_hidden_dims=[64]",
-    "model.backbone_kwargs.depth=1",
-]
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lejepa_tune.config import flatten_dict
+from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
+from lejepa_tune.records import SweepRecords, TrialRecord
+
+TINY_BASE = {
+    "data": {"max_train_samples": 128, "max_val_samples": 60},
+    "model": {"backbone_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 3}, "proj_hidden_dims": [64]},
+    "train": {"epochs": 1, "batch_size": 32},
+    "loss": {"num_slices": 32},
+    "labelfree": {"num_images": 64},
+    "eval": {"linear_max_iter": 100},
+}
+TINY = [f"{k}={json.dumps(v)}" for k, v in flatten_dict(TINY_BASE).items()]
+
+
+def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> SweepRecords:
+    """A λ and learning-rate sweep of ``n`` completed trials (plus one stopped and one failed)
+    whose objective tracks the reference accuracy with some noise."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i in range(n):
+        lam, lr = float(10 ** rng.uniform(-2.3, -0.3)), float(10 ** rng.uniform(-3.5, -2.3))
+        acc = 0.9 - 0.4 * abs(np.log10(lam) + 1.3) / 1.3
+        correct = rng.random(500) < acc
+        metrics = {labelfree_key(s, c): float(rng.normal(1.0, 0.3)) for s in FEATURE_SPACES for c in LABELFREE_CRITERIA}
+        metrics.update({
+            OBJECTIVE: 20 * acc + float(rng.normal(0, 0.5)),
+            "train/loss": 0.1 + lam,
+            "train/scaled_loss": (0.1 + lam) / lam**0.4,
+            REFERENCE_ACC: float(correct.mean()),
+            "eval/linear_acc": float(correct.mean()),
+        })
+        trials.append(TrialRecord(f"t{i:02d}", "completed", {"loss.lam": lam, "optim.lr": lr}, metrics, {REFERENCE_CORRECT: pack_bits(correct)},
+                                  checkpoint=None, epochs=3))
+    trials.append(TrialRecord("stop", "stopped", {"loss.lam": 0.1, "optim.lr": 1e-3}, {OBJECTIVE: 99.0}, epochs=1))
+    trials.append(TrialRecord("fail", "error", {"loss.lam": 0.2, "optim.lr": 1.0}, {}, error="TrainingDiverged: train/loss is nan"))
+    spec = {"name": name, "base": {"loss": {"lam": 0.05}}, "search": {"loss.lam": {"type": "loguniform", "low": 0.005, "high": 0.5},
+            "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 5e-3}}, "selection": {"criterion": "auto"}}
+    return SweepRecords(name, spec, tuple(trials), "/nonexistent/sweep")

@@ -1,0 +1,21 @@
+"""Fixtures shared by the test modules: one local Ray instance for the whole session (every
+real-Ray test joins it instead of starting its own), and ``tests/`` on the import path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,45 @@
+"""Tests for lejepa_tune.records: the one file format every stage after the sweep reads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lejepa_tune.records import SweepRecords, TrialRecord, join_uri, read_records, trial_label, write_records
+from tiny import synthetic_records
+
+
+def test_records_round_trip_exactly_through_json(tmp_path):
+    records = synthetic_records()
+    records = SweepRecords(**{**records.__dict__, "sweep_dir": str(tmp_path), "elapsed_s": math.nan})
+    where = write_records(records)
+    assert where == str(tmp_path / "records.json")
+    back = read_records(str(tmp_path))
+    assert back.trials == records.trials and back.spec == records.spec and math.isnan(back.elapsed_s)
+    assert back.trials[0].params["loss.lam"] == records.trials[0].params["loss.lam"]  # exact floats
+    assert back.trials[0].reference_correct is not None
+
+
+def test_records_read_and_write_through_a_file_uri(tmp_path):
+    records = SweepRecords("s", {"search": {}}, (TrialRecord("a", "completed", {}, {"train/loss": 1.0}),), f"file://{tmp_path}/sweep")
+    write_records(records)
+    assert (tmp_path / "sweep" / "records.json").is_file()
+    assert read_records(f"file://{tmp_path}/sweep").trials == records.trials
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_records(f"file://{tmp_path}/elsewhere")
+
+
+def test_uris_join_like_paths():
+    assert join_uri("s3://bucket/sweeps", "a", "b") == "s3://bucket/sweeps/a/b"
+    assert join_uri("/data/sweeps", "a") == "/data/sweeps/a"
+
+
+def test_a_record_refuses_an_unknown_status():
+    with pytest.raises(ValueError, match="status"):
+        TrialRecord("a", "finished", {}, {})
+
+
+def test_trial_labels_name_a_run_by_its_searched_values():
+    assert trial_label({"loss.lam": 0.005123, "optim.lr": 0.002, "train.batch_size": 64}) == "lam=0.0051 lr=0.002 batch_size=64"
+    assert trial_label({"optim.lr": 0.0002}) == "lr=2.0e-4"
