@@ -27,6 +27,7 @@ __all__ = [
     "DIVERGED",
     "EPOCH_TIME",
     "LABELFREE_TIME",
+    "STARTUP_TIME",
     "ONLINE_ACC",
     "LINEAR_ACC",
     "KNN_ACC",
@@ -59,6 +60,9 @@ EPOCH = "epoch"
 DIVERGED = "train/diverged"
 EPOCH_TIME = "time/epoch_s"
 LABELFREE_TIME = "time/labelfree_s"
+# From the start of the run (a sweep's trial, or the process) to its first training step;
+# reported with the first epoch a process trains.
+STARTUP_TIME = "time/startup_s"
 
 # Labelled monitors and judges.
 ONLINE_ACC = "online/acc"  # the online probe on the validation split, every epoch

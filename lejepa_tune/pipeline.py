@@ -12,15 +12,16 @@ from mlflow.tracking import MlflowClient
 
 from .analysis import SweepAnalysis, agreement_rows, analyse, headline_metrics
 from .config import ConfigError
-from .records import RECORDS_FILE, SweepRecords, read_records
+from .records import RECORDS_FILE, SweepRecords, read_records, trial_label
 from .report import write_report
 from .tracking import ROLE_TAG, resolve_tracking_uri
 
-__all__ = ["publish", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG"]
+__all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
 
 CRITERION_TAG = "lejepa_tune.criterion"
 CHOICE_TAG = "lejepa_tune.choice"
 CHOSEN_TAG = "lejepa_tune.chosen"
+NOTE_TAG = "mlflow.note.content"  # the description MLflow shows on a run's page
 
 
 def publish(analysis: SweepAnalysis | None, records: SweepRecords, report_dir: Path | None) -> None:
@@ -43,11 +44,30 @@ def publish(analysis: SweepAnalysis | None, records: SweepRecords, report_dir: P
     client.log_table(parent, data={k: [r[k] for r in agreement_rows(sel)] for k in agreement_rows(sel)[0]}, artifact_file="selection/criteria.json")
     client.set_tag(parent, CRITERION_TAG, sel.default)
     client.set_tag(parent, CHOICE_TAG, sel.choice or "none")
+    client.set_tag(parent, NOTE_TAG, describe(analysis))
     chosen = next((t for t in records.trials if t.trial_id == sel.choice), None)
     if chosen is not None and chosen.run_id:
         client.set_tag(chosen.run_id, CHOSEN_TAG, "true")
     if report_dir is not None:
         client.log_artifacts(parent, str(report_dir), "selection")
+
+
+def describe(analysis: SweepAnalysis) -> str:
+    """The sweep run's description (markdown): the space, the objective, the pick and how well
+    the pick agrees with the labelled reference."""
+    records, sel = analysis.records, analysis.selection
+    a = sel.agreements[sel.default]
+    chosen = next((t for t in records.trials if t.trial_id == sel.choice), None)
+    space = ", ".join(f"`{k}` {d.get('type')} {d.get('values', [d.get('low'), d.get('high')])}" for k, d in records.spec.get("search", {}).items())
+    lines = [
+        f"**Sweep** `{records.name}`: {len(records.trials)} trials over {space or 'nothing (one point)'}.",
+        f"**Objective** `{sel.default}` ({sel.reason}); searched by Optuna's TPE on `{records.spec.get('tune', {}).get('metric')}`.",
+        f"**Chosen without labels:** trial `{sel.choice}`" + (f" ({trial_label(chosen.params)})." if chosen is not None else "."),
+        f"**Judged with labels** against `{sel.reference}`: Spearman {a.spearman:.2f} (95% CI {a.spearman_ci[0]:.2f} to {a.spearman_ci[1]:.2f}; "
+        f"noise ceiling {sel.noise_ceiling:.2f}), regret {100 * a.regret:.1f} points, best trial by labels `{sel.best_by_reference}`.",
+    ]
+    lines += [f"**Warning:** {w}." for w in analysis.warnings]
+    return "\n\n".join(lines)
 
 
 def load_records(sweep: str, tracking_uri: str | None = None) -> SweepRecords:

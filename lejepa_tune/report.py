@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from .analysis import SweepAnalysis, agreement_rows
 from .metrics import LINEAR_ACC, OBJECTIVE, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, short_name, trial_label
+from .search_space import Distribution
 
 __all__ = [
     "format_table",
@@ -156,7 +157,8 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
                 ax.scatter([x], [y], s=180, facecolors="none", edgecolors="red", linewidths=1.8, zorder=3)
         a = sel.agreements[name]
         valid = "" if sel.validity[name].valid else " (not valid here)"
-        ax.set_title(f"{name}: ρ = {_cell(a.spearman)}{valid}", fontsize=9)
+        rho = f"{a.spearman:.2f}" if math.isfinite(a.spearman) else "undefined"
+        ax.set_title(f"{name}: ρ = {rho}{valid}", fontsize=9)
         ax.set_xlabel(f"{name} ({'lower' if sel.modes[name] == 'min' else 'higher'} is better)", fontsize=8)
         ax.set_ylabel(REFERENCE_ACC, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -208,7 +210,86 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
         ax.legend(fontsize=8)
         ax.set_title("The search over time", fontsize=10)
         out["search_over_time"] = _png(fig)
+    importance = _importance(analysis)
+    if importance:
+        fig = Figure(figsize=(6.4, max(2.4, 0.6 + 0.5 * len(importance))), layout="constrained")
+        ax = fig.add_subplot()
+        names = list(importance)[::-1]
+        ax.barh(names, [importance[n] for n in names], color="tab:blue")
+        ax.set_xlabel(f"importance for {sel.default} (Optuna's fANOVA; sums to 1)")
+        ax.grid(True, axis="x", alpha=0.3)
+        out["importance"] = _png(fig)
+    parallel = _parallel(analysis, done)
+    if parallel is not None:
+        out["parallel"] = parallel
     return out
+
+
+def _search(records: SweepRecords) -> dict[str, Distribution]:
+    return {k: Distribution(**{f: (tuple(v) if f == "values" else v) for f, v in d.items()}) for k, d in records.spec.get("search", {}).items()}
+
+
+def _importance(analysis: SweepAnalysis) -> dict[str, float] | None:
+    """Optuna's fANOVA importance of each searched key for the criterion the choice uses,
+    over the completed trials (an in-memory study rebuilt from the records)."""
+    import optuna
+
+    sel = analysis.selection
+    search = {k: d for k, d in _search(analysis.records).items() if d.type != "choice" or all(isinstance(v, (int, float, str, bool)) for v in d.values)}
+    done = [t for t in _completed(analysis.records) if math.isfinite(sel.values[sel.default].get(t.trial_id, math.nan))]
+    if len(search) < 1 or len(done) < 3:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if sel.modes[sel.default] == "max" else "minimize")
+    dists = {k: d.to_optuna() for k, d in search.items()}
+    for t in done:
+        study.add_trial(optuna.trial.create_trial(params={k: t.params[k] for k in search}, distributions=dists, value=sel.values[sel.default][t.trial_id]))
+    try:
+        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):  # every trial alike in every searched value
+        return None
+
+
+def _parallel(analysis: SweepAnalysis, done: list[TrialRecord]) -> bytes | None:
+    """Parallel coordinates: one line per completed trial across its searched values (log axes
+    where the search was log-uniform), the criterion and the reference accuracy."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    sel = analysis.selection
+    search = _search(analysis.records)
+    axes = [k for k, d in search.items() if d.type != "choice" or all(isinstance(v, (int, float)) for v in d.values)]
+    if not axes or len(done) < 2:
+        return None
+    columns = [*axes, sel.default, REFERENCE_ACC]
+
+    def value(t: TrialRecord, key: str) -> float:
+        if key == sel.default:
+            return sel.values[key].get(t.trial_id, math.nan)
+        v = float(t.metrics[key]) if key == REFERENCE_ACC else float(t.params[key])
+        return math.log10(v) if key in search and search[key].type == "loguniform" and v > 0 else v
+
+    table = [[value(t, k) for k in columns] for t in done]
+    lo = [min(r[i] for r in table) for i in range(len(columns))]
+    hi = [max(r[i] for r in table) for i in range(len(columns))]
+    acc = [r[-1] for r in table]
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(max(6.4, 1.6 * len(columns)), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for t, row in sorted(zip(done, table), key=lambda p: p[1][-1]):
+        ys = [(v - a) / (b - a) if b > a else 0.5 for v, a, b in zip(row, lo, hi)]
+        chosen = t.trial_id == sel.choice
+        colour = "red" if chosen else cmap((row[-1] - min(acc)) / ((max(acc) - min(acc)) or 1))
+        ax.plot(range(len(columns)), ys, color=colour, linewidth=2.5 if chosen else 1.2, alpha=1 if chosen else 0.8, zorder=3 if chosen else 2)
+    ax.set_xticks(range(len(columns)), [f"log10 {short_name(k)}" if k in search and search[k].type == "loguniform" else short_name(k) for k in columns], fontsize=8)
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        ax.annotate(f"{b:.3g}", (i, 1.0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+        ax.annotate(f"{a:.3g}", (i, 0.0), textcoords="offset points", xytext=(0, -11), ha="center", fontsize=7)
+    ax.set_yticks([])
+    ax.set_ylim(-0.08, 1.08)
+    ax.grid(True, axis="x", alpha=0.4)
+    ax.set_title("Searched values, criterion and reference accuracy (colour: reference accuracy; red: the choice)", fontsize=9)
+    return _png(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,98 +16,32 @@ two 1-worker trials run at once.
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
 import ray
-import ray.train
-import ray.train.torch
 import ray.tune
-import torch
 import yaml
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .config import config_from_dict, config_to_dict
-from .data import DataSplits, TensorImages, as_tensors, build_datasets
-from .metrics import DIVERGED, EPOCH, label_free_modes
+from .config import config_to_dict
+from .data import DataSplits, as_tensors, build_datasets
+from .metrics import DIVERGED, EPOCH
 from .records import SweepRecords, TrialRecord, join_uri, write_records, write_text
 from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
-from .train import TrainingDiverged, train
+from .trial import resolve_resources, trial_driver, trial_output_dir
 
-__all__ = ["RaySink", "new_sweep_dir", "resolve_resources", "trial_output_dir", "run_sweep", "train_worker"]
+__all__ = ["new_sweep_dir", "run_sweep", "SPEC_FILE"]
 
 SPEC_FILE = "spec.yaml"
-
-
-class RaySink:
-    """A Ray Train worker's side of :class:`lejepa_tune.train.Sink`: resume from
-    ``ray.train.get_checkpoint()``, report with ``ray.train.report`` (rank 0's checkpoint is
-    uploaded to the run's storage, then its local copy deleted)."""
-
-    def __init__(self) -> None:
-        self._restored: Path | None = None
-
-    def resume_from(self) -> Path | None:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        # A local copy of the checkpoint to read (a no-op on shared local storage).
-        self._restored = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="lejepa_resume_")))
-        return self._restored
-
-    def checkpoint_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="lejepa_ckpt_"))
-
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None
-        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=checkpoint is not None)
-
-    def progress(self, batches, total: int, epoch: int):
-        return batches  # Tune's table shows progress; workers stay quiet
-
-
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: one rank of the trial's DDP training."""
-    cfg = config_from_dict(loop_config["config"], "trial config")
-    device = ray.train.torch.get_device()  # the accelerator Ray gave this worker, or the CPU
-    if device.type == "cpu":
-        # The worker's CPU reservation, not the node's core count: concurrent trials share it.
-        torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
-    shared = loop_config["data"]["ref"]  # the sweep's decoded dataset, from the object store
-    sink = RaySink()
-    try:
-        train(cfg, sink, device=device, data=ray.get(shared) if shared is not None else None)
-    except TrainingDiverged as err:
-        # A diverged run ends here, reported, not retried: resuming from the last checkpoint
-        # with the same seed would diverge again. The sweep goes on.
-        # The searchable metrics are reported as nan, so that Optuna records a failed trial.
-        ray.train.report({**dict.fromkeys(label_free_modes(cfg.loss.regularizer), math.nan), EPOCH: err.epoch, DIVERGED: str(err)})
-    finally:
-        if sink._restored is not None:
-            shutil.rmtree(sink._restored, ignore_errors=True)
-
-
-def trial_output_dir(sweep_dir: str, trial_id: str) -> str:
-    """Where the trial's Ray Train run keeps its checkpoints: the trial's ``train.output_dir``."""
-    return join_uri(sweep_dir, "train", f"train-{trial_id}")
-
-
-def resolve_resources(spec: SweepSpec, cluster: Mapping[str, float]) -> tuple[float, float]:
-    """``(cpus_per_worker, gpus_per_worker)`` for a trial starting now on this cluster:
-    ``gpus_per_worker: auto`` asks for one GPU per worker when the cluster has GPUs at that
-    moment (nodes an autoscaler added since the sweep began count), none otherwise."""
-    res = spec.resources
-    gpus = res.gpus_per_worker
-    if gpus == "auto":
-        gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
-    return float(res.cpus_per_worker), float(gpus)
+TUNE_TRIAL_ATTR = "tune_trial_id"
+MLFLOW_RUN_ATTR = "mlflow_run_id"
 
 
 def _concurrency(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
@@ -119,34 +53,6 @@ def _concurrency(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
     if gpus > 0:
         limits.append(cluster.get("GPU", 0) / (spec.resources.num_workers * gpus))
     return max(1, int(min(limits)))
-
-
-def _trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:
-    """The Tune function trainable: turns Tune's sample into a config and launches the
-    ``TorchTrainer`` that trains it; metrics reach Tune through ``TuneReportCallback``."""
-    trial_id = ray.tune.get_context().get_trial_id()
-    params = {k: tune_config[k] for k in spec.search}
-    output = trial_output_dir(sweep_dir, trial_id)
-    cfg = trial_config(spec, params, output)
-    cpus, gpus = resolve_resources(spec, ray.cluster_resources())
-    trainer = ray.train.torch.TorchTrainer(
-        train_worker,
-        train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus, "data": data},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=spec.resources.num_workers, use_gpu=gpus > 0,
-            resources_per_worker={"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {}),
-        ),
-        run_config=ray.train.RunConfig(
-            # Named after the trial (no timestamp): a restarted trial finds its run, and Ray
-            # Train resumes it from its latest checkpoint.
-            name=f"train-{trial_id}",
-            storage_path=join_uri(sweep_dir, "train"),
-            callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=spec.tune.max_failures),
-        ),
-    )
-    trainer.fit()
 
 
 def new_sweep_dir(storage_path: str, name: str) -> str:
@@ -165,8 +71,16 @@ def new_sweep_dir(storage_path: str, name: str) -> str:
 
 
 class _OptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, which tells Optuna that a trial whose metric is NaN (a diverged run)
-    failed; Optuna refuses a NaN value, and Ray's class would leave that trial running."""
+    """Ray's OptunaSearch, which also writes the Tune trial id on each Optuna trial (a user
+    attribute), and tells Optuna that a trial whose metric is NaN (a diverged run) failed:
+    Optuna refuses a NaN value, and Ray's class would leave that trial running."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)  # the Optuna trial Ray just asked for
+        if trial is not None:
+            trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         value = (result or {}).get(self.metric)
@@ -175,14 +89,37 @@ class _OptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+class _OptunaLink(Callback):
+    """Writes each trial's MLflow run id on its Optuna trial (a user attribute), so the study
+    opened in Optuna's own tools leads back to the MLflow run and the Tune trial."""
+
+    def __init__(self, storage_url: str, study_name: str, mlflow: MLflowTrialCallback):
+        self.storage_url, self.study_name, self.mlflow = storage_url, study_name, mlflow
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id = self.mlflow.run_ids.get(trial.trial_id)
+        storage = optuna.storages.RDBStorage(self.storage_url)
+        study_id = storage.get_study_id_from_name(self.study_name)
+        for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.user_attrs.get(TUNE_TRIAL_ATTR) == trial.trial_id and run_id:
+                internal = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+                storage.set_trial_user_attr(internal, MLFLOW_RUN_ATTR, run_id)
+
+
+def _optuna_storage(sweep_dir: str) -> str | None:
+    """On local storage the study lives in the sweep directory, so Optuna's own tools open it
+    (``optuna-dashboard sqlite:///SWEEP_DIR/optuna.db``); elsewhere it lives in the searcher's
+    state, which Tune saves with the experiment."""
+    return None if "://" in sweep_dir else f"sqlite:///{Path(sweep_dir) / 'optuna.db'}"
+
+
 def _searcher(spec: SweepSpec, sweep_dir: str) -> OptunaSearch | None:
     if not spec.search:
         return None
     n = spec.tune.num_samples
     sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, n // 2)))
-    # On local storage the study lives in the sweep directory, so Optuna's own tools open it:
-    # `optuna-dashboard sqlite:///SWEEP_DIR/optuna.db`.
-    storage = None if "://" in sweep_dir else optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir) / 'optuna.db'}")
+    url = _optuna_storage(sweep_dir)
+    storage = optuna.storages.RDBStorage(url) if url else None
     return _OptunaSearch(
         space={k: d.to_optuna() for k, d in spec.search.items()},
         metric=spec.tune.metric,
@@ -227,13 +164,23 @@ def run_sweep(
     tracking_uri: str | None = None,
     include_dashboard: bool = True,
     verbose: int = 1,
+    resume: str | None = None,
 ) -> SweepRecords:
-    """Runs the whole sweep and returns its trials. Starts (or joins, with ``address``) Ray."""
+    """Runs the whole sweep and returns its trials. Starts (or joins, with ``address``) Ray.
+
+    ``resume``: the directory of a sweep whose driver died. Its Tune experiment is restored
+    (``Tuner.restore``): finished trials are kept, unfinished ones continue from their last
+    checkpoints, the Optuna study goes on from its saved state, and the MLflow parent run and
+    its children are found again by their tags.
+    """
     start = time.perf_counter()
-    sweep_dir = new_sweep_dir(storage_path, spec.name)
-    write_text(join_uri(sweep_dir, SPEC_FILE), yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.tracking_uri)
     experiment = spec.tracking.experiment or spec.name
+    if resume is None:
+        sweep_dir, parent = new_sweep_dir(storage_path, spec.name), None
+        write_text(join_uri(sweep_dir, SPEC_FILE), yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+    else:
+        sweep_dir, parent = resume, SweepTracker.find_parent(uri, experiment, resume)
 
     if not ray.is_initialized():
         context = ray.init(address=address, include_dashboard=include_dashboard, logging_level="WARNING", log_to_driver=verbose > 0)
@@ -241,40 +188,32 @@ def run_sweep(
         if dashboard:
             print(f"Ray dashboard: http://{dashboard}", flush=True)
 
-    tracker = SweepTracker(uri, experiment, Path(sweep_dir).name, sweep_dir)
-    tracker.log_sweep_params(spec_to_dict(spec))
+    tracker = SweepTracker(uri, experiment, Path(sweep_dir).name, sweep_dir, parent_run_id=parent)
+    if parent is None:
+        tracker.log_sweep_params({k: v for k, v in spec_to_dict(spec).items() if k != "base"})
     print(f"MLflow: experiment '{experiment}', parent run {tracker.parent_run_id}", flush=True)
     print(f"  view it with: mlflow ui --backend-store-uri {tracker.display_uri} --host 127.0.0.1 --workers 1", flush=True)
     print(f"Sweep directory: {sweep_dir}", flush=True)
 
-    def resolve_trial(trial_id: str, tune_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        params = {k: tune_config[k] for k in spec.search if k in tune_config}
-        return config_to_dict(trial_config(spec, params, trial_output_dir(sweep_dir, trial_id))), params
-
-    callback = MLflowTrialCallback(tracker, resolve_trial)
-    trainable = ray.tune.with_parameters(_trial_driver, spec=spec, sweep_dir=sweep_dir, data=_shared_data(spec))
-    tuner = ray.tune.Tuner(
+    # Tune writes its experiment state (trials, searcher) every few seconds, so that a driver
+    # that dies loses little; the default adapts to minutes on long sweeps.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    trainable = ray.tune.with_resources(
         # The trial function only drives its TorchTrainer's workers, so it reserves no CPU or
         # GPU; Ray needs a non-empty request, hence a token of logical memory.
-        ray.tune.with_resources(trainable, {"CPU": 0, "memory": 2**20}),
-        tune_config=ray.tune.TuneConfig(
-            search_alg=_searcher(spec, sweep_dir),
-            scheduler=_scheduler(spec),
-            num_samples=spec.tune.num_samples,
-            max_concurrent_trials=_concurrency(spec, ray.cluster_resources()),
-        ),
-        run_config=ray.tune.RunConfig(
-            name="tune",
-            storage_path=sweep_dir,
-            callbacks=[callback],
-            verbose=verbose,
-            failure_config=ray.tune.FailureConfig(max_failures=0, fail_fast=False),
-        ),
+        ray.tune.with_parameters(trial_driver, spec=spec, sweep_dir=sweep_dir, data=_shared_data(spec)),
+        {"CPU": 0, "memory": 2**20},
     )
+    if resume is not None:
+        # The callbacks come back with the experiment; the MLflow one re-attaches itself.
+        tuner = ray.tune.Tuner.restore(join_uri(sweep_dir, "tune"), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = _new_tuner(spec, sweep_dir, trainable, tracker, verbose)
     status = "FAILED"
     try:
         grid = tuner.fit()
-        trials = tuple(_record(r, spec, sweep_dir, callback.run_ids) for r in grid)
+        run_ids = tracker.trial_runs()
+        trials = tuple(_record(r, spec, sweep_dir, run_ids) for r in grid)
         status = "FINISHED"
     finally:
         tracker.finish(status)
@@ -284,6 +223,32 @@ def run_sweep(
     )
     write_records(records)
     return records
+
+
+def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTracker, verbose: int) -> ray.tune.Tuner:
+    def resolve_trial(trial_id: str, tune_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        params = {k: tune_config[k] for k in spec.search if k in tune_config}
+        return config_to_dict(trial_config(spec, params, trial_output_dir(sweep_dir, trial_id))), params
+
+    mlflow = MLflowTrialCallback(tracker, resolve_trial)
+    optuna_url = _optuna_storage(sweep_dir)
+    callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else [])]
+    return ray.tune.Tuner(
+        trainable,
+        tune_config=ray.tune.TuneConfig(
+            search_alg=_searcher(spec, sweep_dir),
+            scheduler=_scheduler(spec),
+            num_samples=spec.tune.num_samples,
+            max_concurrent_trials=_concurrency(spec, ray.cluster_resources()),
+        ),
+        run_config=ray.tune.RunConfig(
+            name="tune",
+            storage_path=sweep_dir,
+            callbacks=callbacks,
+            verbose=verbose,
+            failure_config=ray.tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
+    )
 
 
 def _record(result, spec: SweepSpec, sweep_dir: str, run_ids: Mapping[str, str]) -> TrialRecord:

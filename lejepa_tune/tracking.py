@@ -61,8 +61,14 @@ def mask_uri(uri: str) -> str:
     return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", uri)
 
 
+def _display(value: Any) -> str:
+    """A parameter as MLflow shows it: floats to 4 significant digits (``0.08026``, not
+    ``0.08026123456789``); the exact searched values are in the run's ``searched.*`` tags."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _params(data: Mapping[str, Any]) -> list[Param]:
-    return [Param(k, str(v)[:6000]) for k, v in sorted(flatten_dict(data).items())]
+    return [Param(k, _display(v)[:6000]) for k, v in sorted(flatten_dict(data).items())]
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -84,6 +90,7 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp is not None else self._create_experiment(experiment)
         self.experiment = experiment
+        self.sweep_dir = str(sweep_dir)
         if parent_run_id is None:
             parent_run_id = self.client.create_run(
                 self.experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: str(sweep_dir)}
@@ -94,7 +101,9 @@ class SweepTracker:
 
     def _create_experiment(self, name: str) -> str:
         try:
-            return self.client.create_experiment(name)
+            # MLflow 3 opens an experiment in its GenAI view unless it is marked as one of
+            # model development, whose view is the runs table.
+            return self.client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # another sweep created it a moment ago
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -104,6 +113,16 @@ class SweepTracker:
     @property
     def display_uri(self) -> str:
         return mask_uri(self.tracking_uri)
+
+    @staticmethod
+    def find_parent(tracking_uri: str | None, experiment: str, sweep_dir: str) -> str | None:
+        """The parent run of the sweep in ``sweep_dir``, if an earlier start made one."""
+        client = MlflowClient(resolve_tracking_uri(tracking_uri))
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_DIR_TAG}` = '{sweep_dir}'", max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def trial_runs(self) -> dict[str, str]:
         """``{trial_id: run_id}`` of the child runs this sweep's parent already has."""
@@ -152,13 +171,31 @@ class SweepTracker:
 
 class MLflowTrialCallback(Callback):
     """Tune callback: a child run per trial with its flattened config as params and every
-    epoch's metrics at ``step=epoch``; the checkpoint's URI as a tag when it completes."""
+    epoch's metrics at ``step=epoch``; the checkpoint's URI as a tag when it completes.
 
-    def __init__(self, tracker: SweepTracker, resolve_trial: Callable[[str, Mapping[str, Any]], tuple[dict, dict]], run_ids: Mapping[str, str] | None = None):
+    Each epoch is logged once: a trial resumed from a checkpoint reports again the epochs
+    after it, and those already logged are skipped. Restored with its Tune experiment
+    (``Tuner.restore``), the callback re-attaches to the sweep's parent run and its children.
+    """
+
+    def __init__(self, tracker: SweepTracker, resolve_trial: Callable[[str, Mapping[str, Any]], tuple[dict, dict]]):
         self.tracker = tracker
         self.resolve_trial = resolve_trial  # (trial id, Tune config) -> (resolved config, searched)
-        self.run_ids: dict[str, str] = dict(run_ids or {})
+        self.run_ids: dict[str, str] = tracker.trial_runs()
+        self.logged: dict[str, int] = {t: self._last_step(r) for t, r in self.run_ids.items()}
         self.last_results: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        t = self.tracker
+        return {"uri": t.tracking_uri, "experiment": t.experiment, "parent": t.parent_run_id, "sweep_dir": t.sweep_dir, "resolve_trial": self.resolve_trial}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        tracker = SweepTracker(state["uri"], state["experiment"], "", state["sweep_dir"], parent_run_id=state["parent"])
+        self.__init__(tracker, state["resolve_trial"])
+
+    def _last_step(self, run_id: str) -> int:
+        history = self.tracker.client.get_metric_history(run_id, EPOCH)
+        return max((int(m.value) for m in history), default=-1)
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -173,7 +210,10 @@ class MLflowTrialCallback(Callback):
         run_id = self._run_id(trial)
         self.last_results[trial.trial_id] = dict(result)
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))
-        self.tracker.log_metrics(run_id, numeric_metrics(result), step)
+        if step <= self.logged.get(trial.trial_id, -1):
+            return  # logged before the trial (or the sweep) was resumed
+        self.logged[trial.trial_id] = step
+        self.tracker.log_metrics(run_id, {**numeric_metrics(result), EPOCH: float(step)}, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)

@@ -71,7 +71,10 @@ class TrainingDiverged(RuntimeError):
 
 class Sink(Protocol):
     """Where a run's epochs go. Every rank calls ``report`` each epoch with the same metrics;
-    rank 0 passes the checkpoint it wrote into ``checkpoint_dir()``, the others ``None``."""
+    rank 0 passes the checkpoint it wrote into ``checkpoint_dir()``, the others ``None``.
+    ``started_at`` (``time.time()``) is when the run started, for ``time/startup_s``."""
+
+    started_at: float
 
     def resume_from(self) -> Path | None: ...
 
@@ -92,6 +95,7 @@ class LocalSink:
         self._resume = Path(cfg.train.resume_from) if cfg.train.resume_from else None
         self.verbose = verbose
         self.rank = int(os.environ.get("RANK", "0"))
+        self.started_at = time.time()
         if self.rank == 0:
             save_config(cfg, self.out_dir / "config.yaml")
 
@@ -259,6 +263,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
     ddp = _wrap_ddp(model, device) if world > 1 else model
     keys = (M.LOSS, M.INV, M.regularizer_key(cfg.loss.regularizer), M.PROBE_LOSS)
 
+    first_step_at = None
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         # The views' parameters are drawn for the global batch, alike on every rank (each keeps
@@ -268,6 +273,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
         ddp.train()
         sums = torch.zeros(len(keys), dtype=torch.float64)
         for images, labels in sink.progress(_batches(run, epoch), steps_per_epoch, epoch):
+            first_step_at = first_step_at or time.time()
             factor = lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
@@ -293,12 +299,18 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
             )
         metrics[M.SCALED_LOSS] = M.scaled_loss(metrics[M.LOSS], cfg.loss.lam, cfg.labelfree.alpha)
         metrics.update({M.EPOCH: epoch + 1, M.LR: cfg.optim.lr * factor, M.EPOCH_TIME: time.perf_counter() - t0})
+        if epoch == start_epoch:
+            metrics[M.STARTUP_TIME] = first_step_at - sink.started_at
         metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
         _report(run, sink, metrics, epoch + 1, step, opt)
 
     if cfg.train.epochs == 0:  # the untrained baseline: measurements only
         metrics = {M.EPOCH: 0, **_measure(run, last=True)}
         _report(run, sink, metrics, 0, 0, opt)
+    elif start_epoch >= cfg.train.epochs:
+        # Resumed from the final checkpoint (the process died after its report, before it
+        # could return): report the final metrics again, so the run ends with them.
+        sink.report(metrics, None)
     if created_group:
         dist.destroy_process_group()
     return metrics

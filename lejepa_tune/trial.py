@@ -1,0 +1,127 @@
+"""One trial of a sweep, as Ray runs it: the Tune function trainable that launches a Ray Train
+``TorchTrainer``, and the function every Train worker runs (one DDP rank of
+:func:`lejepa_tune.train.train`).
+
+This module is what Ray's actor processes import for each trial, so it imports only what a
+trial needs (no MLflow, no Optuna): a trial's start-up is paid in imports.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import ray
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from .config import config_from_dict, config_to_dict
+from .metrics import DIVERGED, EPOCH, label_free_modes
+from .records import join_uri
+from .search_space import SweepSpec, trial_config
+from .train import TrainingDiverged, train
+
+__all__ = ["RaySink", "train_worker", "trial_output_dir", "resolve_resources", "trial_driver"]
+
+
+class RaySink:
+    """A Ray Train worker's side of :class:`lejepa_tune.train.Sink`: resume from
+    ``ray.train.get_checkpoint()``, report with ``ray.train.report`` (rank 0's checkpoint is
+    uploaded to the run's storage, then its local copy deleted)."""
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self._restored: Path | None = None
+
+    def resume_from(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        # A local copy of the checkpoint to read (a no-op on shared local storage).
+        self._restored = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="lejepa_resume_")))
+        return self._restored
+
+    def checkpoint_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="lejepa_ckpt_"))
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None
+        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=checkpoint is not None)
+
+    def progress(self, batches, total: int, epoch: int):
+        return batches  # Tune's table shows progress; workers stay quiet
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: one rank of the trial's DDP training."""
+    cfg = config_from_dict(loop_config["config"], "trial config")
+    device = ray.train.torch.get_device()  # the accelerator Ray gave this worker, or the CPU
+    if device.type == "cpu":
+        # The worker's CPU reservation, not the node's core count: concurrent trials share it.
+        torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
+    shared = loop_config["data"]["ref"]  # the sweep's decoded dataset, from the object store
+    sink = RaySink(loop_config["started_at"])
+    try:
+        train(cfg, sink, device=device, data=ray.get(shared) if shared is not None else None)
+    except TrainingDiverged as err:
+        # A diverged run ends here, reported, not retried: resuming from the last checkpoint
+        # with the same seed would diverge again. The sweep goes on.
+        # The searchable metrics are reported as nan, so that Optuna records a failed trial.
+        ray.train.report({**dict.fromkeys(label_free_modes(cfg.loss.regularizer), math.nan), EPOCH: err.epoch, DIVERGED: str(err)})
+    finally:
+        if sink._restored is not None:
+            shutil.rmtree(sink._restored, ignore_errors=True)
+
+
+def trial_output_dir(sweep_dir: str, trial_id: str) -> str:
+    """Where the trial's Ray Train run keeps its checkpoints: the trial's ``train.output_dir``."""
+    return join_uri(sweep_dir, "train", f"train-{trial_id}")
+
+
+def resolve_resources(spec: SweepSpec, cluster: Mapping[str, float]) -> tuple[float, float]:
+    """``(cpus_per_worker, gpus_per_worker)`` for a trial starting now on this cluster:
+    ``gpus_per_worker: auto`` asks for one GPU per worker when the cluster has GPUs at that
+    moment (nodes an autoscaler added since the sweep began count), none otherwise."""
+    res = spec.resources
+    gpus = res.gpus_per_worker
+    if gpus == "auto":
+        gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+    return float(res.cpus_per_worker), float(gpus)
+
+
+def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:
+    """The Tune function trainable: turns Tune's sample into a config and launches the
+    ``TorchTrainer`` that trains it; metrics reach Tune through ``TuneReportCallback``."""
+    started_at = time.time()
+    trial_id = ray.tune.get_context().get_trial_id()
+    params = {k: tune_config[k] for k in spec.search}
+    output = trial_output_dir(sweep_dir, trial_id)
+    cfg = trial_config(spec, params, output)
+    cpus, gpus = resolve_resources(spec, ray.cluster_resources())
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus, "data": data, "started_at": started_at},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.resources.num_workers, use_gpu=gpus > 0,
+            resources_per_worker={"CPU": cpus} | ({"GPU": gpus} if gpus > 0 else {}),
+        ),
+        run_config=ray.train.RunConfig(
+            # Named after the trial (no timestamp): a restarted trial finds its run, and Ray
+            # Train resumes it from its latest checkpoint.
+            name=f"train-{trial_id}",
+            storage_path=join_uri(sweep_dir, "train"),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=spec.tune.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
