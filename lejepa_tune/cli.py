@@ -17,8 +17,15 @@ from .config import ConfigError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line too (and exit code 2), pointing at ``--help``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"lejepa-tune: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lejepa-tune",
         description="Label-free hyperparameter search for LeJEPA pretraining (Ray Tune + Optuna + MLflow).",
     )
@@ -69,23 +76,22 @@ def _load_spec(args: argparse.Namespace):
     return load_sweep_spec(args.space, overrides)
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def _load_checked_spec(args: argparse.Namespace):
+    """The search space, checked against timm and the data too: a bad space fails here,
+    before Ray starts, not once per trial."""
+    from .preflight import check_sweep
+
     spec = _load_spec(args)
+    check_sweep(spec)
+    return spec
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load_checked_spec(args)
     print(f"{args.space}: ok: sweep '{spec.name}', {spec.tune.num_samples} trials of {spec.base.train.epochs} epochs")
     for key, d in spec.search.items():
-        shown = f"{list(d.values)}" if d.type == "choice" else f"[{d.low}, {d.high}]" + (f" step {d.step}" if d.step and d.step > 1 else "")
-        print(f"  {key}: {d.type} {shown}")
+        print(f"  {key}: {d.type} {d.describe()}")
     return 0
-
-
-def _check_dataset(spec) -> None:
-    """A missing dataset fails here, before Ray starts, not once per trial."""
-    from .data import DatasetError, build_datasets
-
-    try:
-        build_datasets(spec.base.data)
-    except DatasetError as err:
-        raise ConfigError(f"{spec.source}: base.{err}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -93,8 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import format_selection, format_trials_table
     from .sweep import run_sweep
 
-    spec = _load_spec(args)
-    _check_dataset(spec)
+    spec = _load_checked_spec(args)
     records = run_sweep(
         spec,
         storage_path=args.storage_path,
@@ -178,16 +183,22 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
+    from .preflight import check_trainable
+    from .train import resolve_device, train
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
+    source = f"{args.config or '<defaults>'}{' (with --set)' if args.overrides else ''}"
     try:
-        train(cfg)
-    except ValueError as err:  # a data or config mismatch found while setting up (batch > dataset...)
-        raise ConfigError(f"{args.config or '<defaults>'}: {err}") from None
+        resolve_device(cfg.train.device)
+    except RuntimeError as err:  # train.device: cuda on a machine without one
+        raise ConfigError(f"{source}: {err}") from None
+    try:
+        train(cfg, data=check_trainable(cfg))
+    except ValueError as err:  # a data or config mismatch (ConfigError too): batch > dataset...
+        raise ConfigError(f"{source}: {err}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"done: outputs in {Path(cfg.train.output_dir).resolve()}")
     return 0
@@ -195,7 +206,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error (already printed)
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.func(args)
     except ConfigError as err:

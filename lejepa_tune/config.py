@@ -25,6 +25,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "CROSS_FIELD_KEYS",
     "FrozenDict",
     "ModelConfig",
     "DataConfig",
@@ -355,25 +356,32 @@ def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str, source: str
     return cls(**kwargs)
 
 
-def _validate_cross_field(cfg: Config, source: str) -> None:
+# The keys :func:`_validate_cross_field` relates: a sweep that searches several of them checks
+# every combination of their extreme values.
+CROSS_FIELD_KEYS = ("views.n_local", "views.local_size", "views.global_size", "loss.regularizer", "model.proj_dim")
+
+
+def _validate_cross_field(cfg: Config, source: str, prefix: str = "") -> None:
     """Constraints that involve more than one key."""
     if cfg.views.n_local > 0 and cfg.views.local_size > cfg.views.global_size:
         raise ConfigError(
-            f"{source}: views.local_size: must not exceed views.global_size "
+            f"{source}: {prefix}views.local_size: must not exceed views.global_size "
             f"({cfg.views.local_size} > {cfg.views.global_size})"
         )
     if cfg.loss.regularizer == "spectral" and cfg.model.proj_dim < 2:
-        raise ConfigError(f"{source}: model.proj_dim: the spectral regularizer needs proj_dim >= 2")
+        raise ConfigError(f"{source}: {prefix}model.proj_dim: the spectral regularizer needs proj_dim >= 2")
 
 
-def config_from_dict(data: Mapping[str, Any] | None, source: str = "<config>") -> Config:
-    """Builds and validates a :class:`Config` from plain (YAML-like) data."""
+def config_from_dict(data: Mapping[str, Any] | None, source: str = "<config>", prefix: str = "") -> Config:
+    """Builds and validates a :class:`Config` from plain (YAML-like) data; errors name
+    ``source`` and the key path below ``prefix`` (``base`` for a sweep's inline base)."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    cfg = build_dataclass(Config, data, "", source)
-    _validate_cross_field(cfg, source)
+        where = f"{prefix}: expected a mapping" if prefix else "expected a mapping at the top level"
+        raise ConfigError(f"{source}: {where}, got {type(data).__name__}")
+    cfg = build_dataclass(Config, data, prefix, source)
+    _validate_cross_field(cfg, source, f"{prefix}." if prefix else "")
     return cfg
 
 
@@ -401,12 +409,21 @@ def _yaml_load(text: str) -> Any:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Reads a YAML file; a missing file or a syntax error is a one-line ConfigError."""
+    """Reads a YAML file; a missing, unreadable or binary file or a syntax error is a one-line
+    ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return _yaml_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        return _yaml_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -414,21 +431,22 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | tuple[str, ...], source: str = "--set") -> dict[str, Any]:
     """``["optim.lr=1e-3", "views.n_local=2"]`` -> ``{"optim.lr": 0.001, "views.n_local": 2}``.
 
-    Values are parsed as YAML scalars/flow collections, so ``[0.3, 1.0]`` is a list.
+    Values are parsed as YAML scalars/flow collections, so ``[0.3, 1.0]`` is a list. Errors
+    name ``source`` (the file the overrides apply to) and the key.
     """
     parsed: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item}: expected dotted.key=value")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{source}: {key or '--set'}: expected dotted.key=value, got {item!r}")
         try:
             parsed[key] = _yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            raise ConfigError(f"--set {item}: {key}: value is not valid YAML") from None
+            raise ConfigError(f"{source}: {key}: value is not valid YAML: {raw!r}") from None
     return parsed
 
 
@@ -462,13 +480,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults <- YAML file (optional) <- ``--set`` overrides, validated once."""
     source = str(path) if path is not None else "<defaults>"
     data = read_yaml(path) if path is not None else {}
-    if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     cfg = config_from_dict(data, source)
     if overrides:
         # Overrides act on the resolved tree, so `--set model.backbone_kwargs.depth=2` changes
         # one keyword of the mapping the YAML (or the defaults) gave, not the whole mapping.
-        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), parse_overrides(overrides)), f"{source} (with --set)")
+        source = f"{source} (with --set)"
+        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), parse_overrides(overrides, source), source), source)
     return cfg
 
 

@@ -10,7 +10,10 @@ from torch import Tensor, nn
 
 from .distributed import autograd_all_reduce, world_size
 
-__all__ = ["GlobalBatchNorm1d", "Projector", "LeJEPAModel", "create_backbone", "build_model"]
+__all__ = ["GlobalBatchNorm1d", "Projector", "LeJEPAModel", "known_backbone", "create_backbone", "build_model"]
+
+# Prefixes of names that ``timm.create_model`` resolves elsewhere (a hub repo, a local directory).
+_SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -61,6 +64,12 @@ class Projector(nn.Sequential):
         layers.append(nn.Linear(dim, out_dim))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
+
+
+def known_backbone(name: str) -> bool:
+    """Whether timm knows the architecture ``name`` (with or without a ``.tag``), without
+    building it; names with a source prefix (``hf-hub:``, ``local-dir:``) are taken on trust."""
+    return name.startswith(_SOURCE_PREFIXES) or timm.is_model(name)
 
 
 def create_backbone(name: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:

@@ -20,14 +20,16 @@ Every error is a one-line :class:`~lejepa_tune.config.ConfigError` naming the fi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import optuna
 
 from .config import (
+    CROSS_FIELD_KEYS,
     Config,
     ConfigError,
     FrozenDict,
@@ -39,7 +41,7 @@ from .config import (
     read_yaml,
     to_plain,
 )
-from .metrics import OBJECTIVE, OBJECTIVE_MODE, label_free_modes, reads_labels
+from .metrics import OBJECTIVE, OBJECTIVE_MODE, criterion_keys, label_free_modes, reads_labels
 
 __all__ = [
     "Distribution",
@@ -51,6 +53,7 @@ __all__ = [
     "load_sweep_spec",
     "sweep_spec_from_dict",
     "trial_config",
+    "corners",
     "spec_to_dict",
     "absolute_dataset",
 ]
@@ -86,6 +89,20 @@ class Distribution:
         if self.type in ("int", "qint"):
             return [int(self.low), int(self.high)]
         return [self.low, self.high]
+
+    def contains(self, value: Any) -> bool:
+        """Whether the search can propose ``value``."""
+        if self.type == "choice":
+            return to_plain(value) in [to_plain(v) for v in self.values]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        return self.type not in ("int", "qint") or (isinstance(value, int) and (value - self.low) % (self.step or 1) == 0)
+
+    def describe(self) -> str:
+        """``[2, 4]`` (choice) or ``[16, 64] step 16``."""
+        if self.type == "choice":
+            return f"{list(self.values)}"
+        return f"[{self.low}, {self.high}]" + (f" step {self.step}" if self.step and self.step > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -165,7 +182,7 @@ def _parse_distribution(key: str, raw: Any, source: str) -> Distribution:
     for bound in ("low", "high"):
         v = raw.get(bound)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"{where}.{bound}: expected a number, got {v!r}")
+            raise ConfigError(f"{where}.{bound}: expected a finite number, got {v!r}")
     low, high = raw["low"], raw["high"]
     if low > high:
         raise ConfigError(f"{where}: impossible range: low {low} > high {high}")
@@ -183,18 +200,125 @@ def _parse_distribution(key: str, raw: Any, source: str) -> Distribution:
     return Distribution(kind, low=float(low) if kind in ("loguniform", "uniform") else int(low), high=float(high) if kind in ("loguniform", "uniform") else int(high), step=step)
 
 
-def _resolve_base(raw: Any, source: str, base_dir: Path) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if isinstance(raw, str):
-        path = (base_dir / raw) if not Path(raw).is_absolute() else Path(raw)
+def _resolve_base(raw: Any, source: str, base_dir: Path) -> tuple[dict[str, Any], str, str]:
+    """The base config as data, and the source and key prefix its errors name: an inline base
+    is ``base.*`` of the space, a base file (relative to ``base_dir``) is its own file."""
+    if raw is None or isinstance(raw, Mapping):
+        return to_plain(raw or {}), source, "base"
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{source}: base: expected a mapping or the path of a config file, got {raw!r}")
+    path = base_dir / Path(raw).expanduser()  # an absolute path stays as it is
+    try:
         data = read_yaml(path)
-        if data is not None and not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        return apply_overrides(data or {}, {})
-    if isinstance(raw, Mapping):
-        return apply_overrides(raw, {})
-    raise ConfigError(f"{source}: base: expected a mapping or the path of a config file, got {raw!r}")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: base: {err}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: base: {path}: expected a mapping at the top level, got {type(data).__name__}")
+    return to_plain(data or {}), str(path), ""
+
+
+def _error_detail(err: ConfigError) -> str:
+    """``key: what is wrong`` of an error raised with an empty source."""
+    return str(err).split(": ", 1)[-1]
+
+
+def corners(search: Mapping[str, Distribution], keys: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Every combination of the extreme values of the searched ``keys`` (the other keys are
+    ignored; one empty combination when none is searched). Constraints that grow or shrink
+    with each value (``views.local_size <= views.global_size``, a batch no larger than the
+    dataset) hold for every trial when they hold at these corners."""
+    wanted = set(keys)
+    names = [k for k in search if k in wanted]
+    for values in itertools.product(*(search[k].extremes() for k in names)):
+        yield dict(zip(names, values))
+
+
+def _parse_search(raw_search: Any, base_data: Mapping[str, Any], source: str) -> dict[str, Distribution]:
+    raw_search = raw_search or {}
+    if not isinstance(raw_search, Mapping):
+        raise ConfigError(f"{source}: search: expected a mapping of dotted config keys to distributions, got {raw_search!r}")
+    search: dict[str, Distribution] = {}
+    for key, raw in raw_search.items():
+        dist = _parse_distribution(str(key), raw, source)
+        # Every value at the edges of the range must give a valid config: this catches
+        # unknown keys (search.optim.lrr) and impossible values (loss.lam up to 1.5) early.
+        for value in dist.extremes():
+            try:
+                config_from_dict(apply_overrides(base_data, {key: value}), "")
+            except ConfigError as err:
+                raise ConfigError(f"{source}: search.{key}: {value!r} is not a valid value here ({_error_detail(err)})") from None
+        search[str(key)] = dist
+    # Keys the config relates (views.local_size <= views.global_size): every combination.
+    related = [k for k in search if k in CROSS_FIELD_KEYS]
+    for params in corners(search, related) if len(related) > 1 else ():
+        try:
+            config_from_dict(apply_overrides(base_data, params), "")
+        except ConfigError as err:
+            detail = _error_detail(err)
+            key = detail.split(":", 1)[0]
+            where = f"search.{key}" if key in search else "search"
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise ConfigError(f"{source}: {where}: trials with {shown} would be invalid ({detail})") from None
+    return search
+
+
+def _section(data: Mapping[str, Any], cls: type, name: str, source: str) -> Any:
+    raw = data.get(name) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: {name}: expected a mapping, got {raw!r}")
+    return build_dataclass(cls, raw, name, source)
+
+
+def _check_metric(tune: TuneSpec, regularizers: Iterable[str], source: str) -> None:
+    """``tune.metric`` is label-free and reported by every trial; ``tune.mode`` is its better side."""
+    if reads_labels(tune.metric):
+        raise ConfigError(f"{source}: tune.metric: {tune.metric} reads labels; the search must be label-free (e.g. {OBJECTIVE})")
+    for regularizer in regularizers:
+        modes = label_free_modes(regularizer)
+        if tune.metric not in modes:
+            raise ConfigError(f"{source}: tune.metric: unknown label-free metric {tune.metric!r} with loss.regularizer {regularizer!r} (known: {', '.join(modes)})")
+        if tune.mode != modes[tune.metric]:
+            raise ConfigError(f"{source}: tune.mode: {tune.metric} is better when {'lower' if modes[tune.metric] == 'min' else 'higher'}; expected {modes[tune.metric]}, got {tune.mode}")
+
+
+def _check_points(points: Iterable[Mapping[str, Any]], search: Mapping[str, Distribution], base_data: Mapping[str, Any], source: str) -> None:
+    """Each point to evaluate sets searched keys only, to values the search could propose."""
+    for i, point in enumerate(points):
+        where = f"{source}: tune.points_to_evaluate[{i}]"
+        for key, value in point.items():
+            if key not in search:
+                raise ConfigError(f"{where}.{key}: not a searched key (searched: {', '.join(search) or 'none'})")
+            if not search[key].contains(value):
+                raise ConfigError(f"{where}.{key}: {value!r} is outside the searched {search[key].type} {search[key].describe()}")
+        try:
+            config_from_dict(apply_overrides(base_data, point), "")
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {_error_detail(err)}") from None
+
+
+def _check_batch_split(search: Mapping[str, Distribution], base: Config, workers: int, source: str) -> None:
+    """Every global batch a trial can use splits evenly over its ``workers`` DDP processes."""
+    dist = search.get("train.batch_size")
+    if dist is None:
+        where, batches = "base.train.batch_size", [base.train.batch_size]
+    elif dist.type == "choice":
+        where, batches = "search.train.batch_size", list(dist.values)
+    else:  # the remainders of a range repeat after `workers` values
+        where, batches = "search.train.batch_size", range(dist.low, dist.high + 1, dist.step or 1)[:workers]
+    odd = next((b for b in batches if b % workers), None)
+    if odd is not None:
+        raise ConfigError(f"{source}: {where}: {odd} is not divisible by resources.num_workers ({workers}), the DDP processes that share each batch")
+
+
+def _check_criterion(criterion: str, source: str) -> None:
+    """``selection.criterion`` is ``auto`` or a registered label-free criterion."""
+    known = criterion_keys()
+    if criterion == "auto" or criterion in known:
+        return
+    what = f"{criterion} reads labels; the choice must be label-free" if reads_labels(criterion) else f"unknown criterion {criterion!r}"
+    named = [name for name, key in known.items() if key == criterion]
+    hint = f"the criterion that reads {criterion} is named {named[0]!r}" if named else f"known: auto, {', '.join(known)}"
+    raise ConfigError(f"{source}: selection.criterion: {what} ({hint})")
 
 
 def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | None = None) -> SweepSpec:
@@ -208,8 +332,7 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\"):
         raise ConfigError(f"{source}: name: expected a non-empty name without slashes, got {name!r}")
 
-    base_data = _resolve_base(data.get("base"), source, base_dir or Path("."))
-    base = config_from_dict(base_data, f"{source} (base)")
+    base = config_from_dict(*_resolve_base(data.get("base"), source, base_dir or Path(".")))
     # Every trial embeds the same label-free views, those of the base recipe, also when the
     # sweep searches views.*; and workers on other nodes must find the data where the driver
     # does.
@@ -221,48 +344,18 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
     # The resolved tree: a searched key inside a mapping (model.backbone_kwargs.depth) then
     # changes one entry of it.
     base_data = config_to_dict(base)
+    search = _parse_search(data.get("search"), base_data, source)
 
-    raw_search = data.get("search") or {}
-    if not isinstance(raw_search, Mapping):
-        raise ConfigError(f"{source}: search: expected a mapping of dotted config keys to distributions")
-    search: dict[str, Distribution] = {}
-    for key, raw in raw_search.items():
-        dist = _parse_distribution(str(key), raw, source)
-        # Every value at the edges of the range must give a valid config: this catches
-        # unknown keys (search.optim.lrr) and impossible values (loss.lam up to 1.5) early.
-        for value in dist.extremes():
-            try:
-                config_from_dict(apply_overrides(base_data, {key: value}), "")
-            except ConfigError as err:
-                detail = str(err).split(": ", 1)[-1]
-                raise ConfigError(f"{source}: search.{key}: {value!r} is not a valid value here ({detail})") from None
-        search[str(key)] = dist
-
-    def section(cls: type, name: str) -> Any:
-        raw = data.get(name) or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{source}: {name}: expected a mapping, got {raw!r}")
-        return build_dataclass(cls, raw, name, source)
-
-    tune = section(TuneSpec, "tune")
-    modes = label_free_modes(base.loss.regularizer)
-    if reads_labels(tune.metric):
-        raise ConfigError(f"{source}: tune.metric: {tune.metric} reads labels; the search must be label-free (e.g. {OBJECTIVE})")
-    if tune.metric not in modes:
-        raise ConfigError(f"{source}: tune.metric: unknown label-free metric {tune.metric!r} (known: {', '.join(modes)})")
-    if tune.mode != modes[tune.metric]:
-        raise ConfigError(f"{source}: tune.mode: {tune.metric} is better when {'lower' if modes[tune.metric] == 'min' else 'higher'}; expected {modes[tune.metric]}, got {tune.mode}")
-    for i, point in enumerate(tune.points_to_evaluate):
-        for key in point:
-            if key not in search:
-                raise ConfigError(f"{source}: tune.points_to_evaluate[{i}].{key}: not a searched key (searched: {', '.join(search) or 'none'})")
-        try:
-            config_from_dict(apply_overrides(base_data, point), "")
-        except ConfigError as err:
-            raise ConfigError(f"{source}: tune.points_to_evaluate[{i}]: {str(err).split(': ', 1)[-1]}") from None
-    resources = section(ResourcesSpec, "resources")
+    tune = _section(data, TuneSpec, "tune", source)
+    regularizers = search["loss.regularizer"].values if "loss.regularizer" in search else [base.loss.regularizer]
+    _check_metric(tune, regularizers, source)
+    _check_points(tune.points_to_evaluate, search, base_data, source)
+    resources = _section(data, ResourcesSpec, "resources", source)
     if resources.gpus_per_worker != "auto" and resources.gpus_per_worker < 0:
-        raise ConfigError(f"{source}: resources.gpus_per_worker: expected 'auto' or a number >= 0")
+        raise ConfigError(f"{source}: resources.gpus_per_worker: expected 'auto' or a number >= 0, got {resources.gpus_per_worker!r}")
+    _check_batch_split(search, base, resources.num_workers, source)
+    selection = _section(data, SelectionSpec, "selection", source)
+    _check_criterion(selection.criterion, source)
     return SweepSpec(
         name=name,
         base=base,
@@ -270,15 +363,17 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
         search=FrozenDict(search),
         tune=tune,
         resources=resources,
-        tracking=section(TrackingSpec, "tracking"),
-        selection=section(SelectionSpec, "selection"),
+        tracking=_section(data, TrackingSpec, "tracking", source),
+        selection=selection,
         source=source,
     )
 
 
 def load_sweep_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Reads a search-space YAML. ``overrides`` (``--set``) address the sweep's own sections
-    (``tune.num_samples=2``) or, for any other key, the base config (``train.epochs=1``)."""
+    (``tune.num_samples=2``; ``search.loss.lam.high=0.2`` sets one field of a distribution,
+    ``search.loss.lam={...}`` a whole one and ``search.loss.lam=null`` drops it) or, for any
+    other key, the base config (``train.epochs=1``, or ``base.train.epochs=1``)."""
     path = Path(path)
     data = read_yaml(path)
     if data is None:
@@ -287,15 +382,48 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     source = str(path)
     if overrides:
-        sweep_level, base_level = {}, {}
-        for key, value in parse_overrides(overrides).items():
-            (sweep_level if key.split(".")[0] in SWEEP_SECTIONS else base_level)[key] = value
-        data = apply_overrides(data, sweep_level)
-        if base_level:
-            base = config_from_dict(_resolve_base(data.get("base"), source, path.parent), f"{source} (base)")
-            data["base"] = apply_overrides(config_to_dict(base), base_level)
         source = f"{path} (with --set)"
+        data = _apply_sweep_overrides(data, parse_overrides(overrides, source), source, path.parent)
     return sweep_spec_from_dict(data, source, base_dir=path.parent)
+
+
+_DISTRIBUTION_FIELDS = tuple(f.name for f in dataclasses.fields(Distribution))
+
+
+def _apply_sweep_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any], source: str, base_dir: Path) -> dict[str, Any]:
+    """The search space as data with parsed ``--set`` overrides applied (see :func:`load_sweep_spec`)."""
+    data = to_plain(data)
+    base_level = {}
+    for key, value in overrides.items():
+        section, _, rest = key.partition(".")
+        if section == "search" and rest:
+            data["search"] = _override_search(data.get("search"), rest, value, source)
+        elif section == "base" and rest:
+            base_level[rest] = value
+        elif section in SWEEP_SECTIONS:
+            data = apply_overrides(data, {key: value}, source)
+        else:
+            base_level[key] = value
+    if base_level:
+        base = config_from_dict(*_resolve_base(data.get("base"), source, base_dir))
+        data["base"] = apply_overrides(config_to_dict(base), base_level, source)
+    return data
+
+
+def _override_search(search: Any, key: str, value: Any, source: str) -> dict[str, Any]:
+    """``search`` with the dotted config ``key`` (or one field of its distribution, as in
+    ``loss.lam.high``) set to ``value``; ``null`` drops a searched key."""
+    if not isinstance(search, (Mapping, type(None))):
+        raise ConfigError(f"{source}: search: expected a mapping of dotted config keys to distributions, got {search!r}")
+    search = dict(search or {})
+    searched, _, field_name = key.rpartition(".")
+    if searched in search and field_name in _DISTRIBUTION_FIELDS and isinstance(search[searched], Mapping):
+        search[searched] = {**search[searched], field_name: value}
+    elif value is None:
+        search.pop(key, None)
+    else:
+        search[key] = value
+    return search
 
 
 def trial_config(spec: SweepSpec, params: Mapping[str, Any], output_dir: str | None = None) -> Config:

@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 
-from lejepa_tune.cli import main
 from lejepa_tune.config import Config, ConfigError, config_from_dict, load_config, save_config
 
 
@@ -86,20 +85,6 @@ def test_bad_overrides_name_the_key():
         load_config(None, ["optim.lr"])
     with pytest.raises(ConfigError, match=r"optim\.lr\.x: is not a section|optim\.lr: is not a section"):
         load_config(None, ["optim.lr.x=1"])
-
-
-def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
-    path = write(tmp_path, "optim: {lr: -3}\n")
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
-    assert str(path) in err and "optim.lr" in err
-
-
-def test_cli_missing_dataset_is_one_line_exit_2(tmp_path, capsys):
-    assert main(["train", "--set", f"data.dataset=folder:{tmp_path / 'missing'}", "--output-dir", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "data.dataset" in err
 
 
 def test_config_from_dict_reports_source():

@@ -7,7 +7,7 @@ import pytest
 
 from lejepa_tune.cli import main
 from lejepa_tune.config import ConfigError
-from lejepa_tune.search_space import load_sweep_spec, trial_config
+from lejepa_tune.search_space import Distribution, load_sweep_spec, trial_config
 
 GOOD = """
 name: test_sweep
@@ -18,7 +18,8 @@ search:
   optim.lr: {type: uniform, low: 0.0005, high: 0.005}
   model.proj_dim: {type: qint, low: 16, high: 64, step: 16}
   views.n_global: {type: choice, values: [2, 4]}
-  train.batch_size: {type: int, low: 32, high: 64}
+  train.batch_size: {type: qint, low: 32, high: 64, step: 2}
+  eval.knn_k: {type: int, low: 10, high: 20}
 tune: {num_samples: 3, scheduler: asha}
 resources: {num_workers: 2, cpus_per_worker: 1}
 """
@@ -40,7 +41,8 @@ def test_good_space_parses_to_optuna_distributions(tmp_path):
     assert d["optim.lr"] == optuna.distributions.FloatDistribution(0.0005, 0.005)
     assert d["model.proj_dim"] == optuna.distributions.IntDistribution(16, 64, step=16)
     assert d["views.n_global"] == optuna.distributions.CategoricalDistribution([2, 4])
-    assert d["train.batch_size"] == optuna.distributions.IntDistribution(32, 64)
+    assert d["train.batch_size"] == optuna.distributions.IntDistribution(32, 64, step=2)
+    assert d["eval.knn_k"] == optuna.distributions.IntDistribution(10, 20)
     cfg = trial_config(spec, {"loss.lam": 0.1, "views.n_global": 4})
     assert cfg.loss.lam == 0.1 and cfg.views.n_global == 4 and cfg.train.epochs == 2
 
@@ -53,9 +55,50 @@ def test_base_can_be_a_path_relative_to_the_space(tmp_path):
 
 
 def test_overrides_route_to_sweep_or_base(tmp_path):
-    spec = load_sweep_spec(write(tmp_path, GOOD), ["tune.num_samples=5", "train.epochs=1", "loss.num_slices=32"])
+    spec = load_sweep_spec(write(tmp_path, GOOD), ["tune.num_samples=5", "train.epochs=1", "base.loss.num_slices=32"])
     assert spec.tune.num_samples == 5
     assert spec.base.train.epochs == 1 and spec.base.loss.num_slices == 32
+
+
+def test_overrides_set_a_distribution_or_one_of_its_fields(tmp_path):
+    spec = load_sweep_spec(write(tmp_path, GOOD), [
+        "search.loss.lam.high=0.2",  # one field; the search keys themselves hold dots
+        "search.optim.lr={type: choice, values: [0.001, 0.002]}",  # a whole distribution
+        "search.views.n_global=null",  # no longer searched
+        "search.model.backbone_kwargs.depth={type: int, low: 2, high: 4}",  # a new one
+    ])
+    assert spec.search["loss.lam"] == Distribution("loguniform", low=0.01, high=0.2)
+    assert spec.search["optim.lr"].values == (0.001, 0.002)
+    assert "views.n_global" not in spec.search
+    assert trial_config(spec, {"model.backbone_kwargs.depth": 3}).model.backbone_kwargs["depth"] == 3
+
+
+def test_points_to_evaluate_may_hold_any_value_the_search_proposes(tmp_path):
+    text = """
+name: s
+search:
+  views.global_scale: {type: choice, values: [[0.3, 1.0], [0.5, 1.0]]}
+  model.proj_dim: {type: qint, low: 16, high: 64, step: 16}
+  loss.lam: {type: uniform, low: 0.01, high: 0.5}
+tune:
+  points_to_evaluate: [{views.global_scale: [0.5, 1.0], model.proj_dim: 48, loss.lam: 0.5}]
+"""
+    spec = load_sweep_spec(write(tmp_path, text))
+    assert spec.tune.points_to_evaluate[0]["model.proj_dim"] == 48
+
+
+def test_interacting_searched_keys_are_checked_together(tmp_path):
+    """Each key alone is fine; together, at their extremes, they are not."""
+    text = """
+name: s
+base: {views: {n_local: 2, global_size: 64}}
+search:
+  views.local_size: {type: choice, values: [16, 48]}
+  views.global_size: {type: int, low: 32, high: 64}
+"""
+    with pytest.raises(ConfigError, match=r"search\.views\.local_size: trials with views\.local_size=48, views\.global_size=32"):
+        load_sweep_spec(write(tmp_path, text))
+    assert load_sweep_spec(write(tmp_path, text.replace("low: 32", "low: 48"))).search["views.global_size"].low == 48
 
 
 @pytest.mark.parametrize(
@@ -75,7 +118,7 @@ def test_overrides_route_to_sweep_or_base(tmp_path):
         ("name: s\nresources: {num_workers: -1}\n", "resources.num_workers", "> 0"),
         ("name: s\nsearches: {}\n", "searches", "unknown key"),
         ("search: {}\n", "name", "non-empty name"),
-        ("name: s\nbase: {optim: {lr: -1}}\n", "optim.lr", "> 0"),
+        ("name: s\nbase: {optim: {lr: -1}}\n", "base.optim.lr", "> 0"),
     ],
 )
 def test_bad_spaces_name_file_and_key(tmp_path, text, key, fragment):
@@ -95,30 +138,25 @@ def test_missing_base_file_and_malformed_yaml(tmp_path):
 
 
 def test_validate_command(tmp_path, capsys):
+    """(Bad spaces: tests/test_cli.py.)"""
     assert main(["validate", str(write(tmp_path, GOOD))]) == 0
     out = capsys.readouterr().out
-    assert "ok" in out and "loss.lam: loguniform" in out
-    bad = write(tmp_path, "name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.5, high: 0.1}\n", "bad.yaml")
-    assert main(["validate", str(bad)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "bad.yaml" in err and "search.loss.lam" in err and "\n" not in err
+    assert "ok" in out and "loss.lam: loguniform [0.01, 0.5]" in out and "model.proj_dim: qint [16, 64] step 16" in out
 
 
 def test_shipped_search_spaces_validate(capsys):
+    """Every shipped space validates, but for data this machine does not hold."""
     import pathlib
 
     spaces = sorted(pathlib.Path(__file__).resolve().parents[1].joinpath("search_spaces").glob("*.yaml"))
     assert {p.name for p in spaces} >= {"lambda_sweep.yaml", "full_sweep.yaml", "imagenette_vits8.yaml"}
     for path in spaces:
-        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
-
-
-def test_run_with_a_missing_dataset_fails_before_starting_ray(tmp_path, capsys):
-    path = write(tmp_path, f"name: s\nbase: {{data: {{dataset: 'folder:{tmp_path / 'nowhere'}'}}}}\n")
-    assert main(["run", str(path), "--storage-path", str(tmp_path / "sweeps")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert str(path) in err and "base.data.dataset" in err and "\n" not in err
-    assert not (tmp_path / "sweeps").exists()
+        code, err = main(["validate", str(path)]), capsys.readouterr().err
+        # Imagenette comes from the Hugging Face hub, and nothing is downloaded: where it is not
+        # cached, only the data check may fail (the space and its backbone passed before it).
+        if code == 2 and "base.data.dataset: 'hf:" in err and "nor in the Hugging Face cache" in err:
+            continue
+        assert code == 0, err
 
 
 def test_asha_and_resources_follow_the_spec(tmp_path):

@@ -1,0 +1,143 @@
+"""The command line's promise for every bad input: exit code 2 and one line on stderr that
+names the file and the key, before Ray starts (``run``) or training does (``train``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lejepa_tune.cli import main
+
+# A valid search space (the table's ``--set`` cases break it one key at a time).
+SPACE = "name: s\nsearch:\n  loss.lam: {type: loguniform, low: 0.01, high: 0.5}\n"
+NOT_UTF8 = b"name: s\n\xff\xfe\x00\x81 binary\n"
+
+
+def space(case_id, text, key, fragment, command="validate", names="space.yaml", files=None):
+    """A search-space file that ``command`` reads."""
+    return pytest.param([command, "{tmp}/space.yaml"], {"space.yaml": text, **(files or {})}, names, key, fragment, id=case_id)
+
+
+def overrides(case_id, command, sets, key, fragment):
+    """``--set`` overrides on the valid space."""
+    argv = [command, "{tmp}/space.yaml", *(a for s in sets for a in ("--set", s))]
+    return pytest.param(argv, {"space.yaml": SPACE}, "space.yaml (with --set)", key, fragment, id=case_id)
+
+
+def train(case_id, sets, key, fragment, config=None, marks=()):
+    """``lejepa-tune train`` with a config file (``config``) or the defaults."""
+    argv = ["train", *(["{tmp}/cfg.yaml"] if config is not None else []), *(a for s in sets for a in ("--set", s))]
+    names = ("cfg.yaml" if config is not None else "<defaults>") + (" (with --set)" if sets else "")
+    files = {"cfg.yaml": config} if config is not None else {}
+    return pytest.param(argv, files, names, key, fragment, id=case_id, marks=marks)
+
+
+CASES = [
+    # (a) search-space files
+    space("space-not-utf8", NOT_UTF8, None, "not a UTF-8 text file"),
+    space("space-top-level-list", "- name: s\n", None, "expected a mapping at the top level, got list"),
+    space("space-malformed-yaml", "name: s\nsearch: {loss.lam: {type: uniform\n", None, "malformed YAML (line"),
+    space("space-unknown-section", "name: s\nsearches: {}\n", "searches", "unknown key"),
+    space("space-no-name", "search: {}\n", "name", "non-empty name"),
+    pytest.param(["validate", "{tmp}/spaces"], {"spaces/x.yaml": SPACE}, "spaces", None, "is a directory", id="space-is-a-directory"),
+    space("base-is-a-directory", "name: s\nbase: configs\n", "base", "configs: is a directory", files={"configs/x.yaml": ""}),
+    space("base-file-missing", "name: s\nbase: nope.yaml\n", "base", "nope.yaml: no such file"),
+    space("base-file-not-utf8", "name: s\nbase: base.yaml\n", "base", "base.yaml: not a UTF-8 text file", files={"base.yaml": NOT_UTF8}),
+    space("base-file-top-level-list", "name: s\nbase: base.yaml\n", "base", "expected a mapping at the top level", files={"base.yaml": "- 1\n"}),
+    space("base-file-bad-value", "name: s\nbase: base.yaml\n", "optim.lr", "a finite number", names="base.yaml", files={"base.yaml": "optim: {lr: .inf}\n"}),
+    space("base-local-larger-than-global", "name: s\nbase: {views: {n_local: 2, local_size: 64}}\n", "base.views.local_size", "must not exceed views.global_size"),
+    space("base-unknown-backbone", "name: s\nbase: {model: {backbone: vit_nonexistent}}\n", "base.model.backbone", "not a timm model"),
+    space("search-impossible-range", "name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.5, high: 0.1}\n", "search.loss.lam", "impossible range"),
+    space("run-base-missing-folder", "name: s\nbase: {data: {dataset: 'folder:{tmp}/nowhere'}}\n", "base.data.dataset", "no such directory", command="run"),
+    space("search-high-not-finite", "name: s\nsearch:\n  optim.lr: {type: uniform, low: 0.001, high: .inf}\n", "search.optim.lr.high", "a finite number"),
+    space("search-choice-not-finite", "name: s\nsearch:\n  optim.lr: {type: choice, values: [0.001, 1e400]}\n", "search.optim.lr", "a finite number"),
+    space("search-unknown-backbone-choice", "name: s\nsearch:\n  model.backbone: {type: choice, values: [vit_tiny_patch16_224, vit_nonexistent]}\n", "search.model.backbone", "'vit_nonexistent' is not a timm model"),
+    space("search-batch-indivisible", "name: s\nsearch:\n  train.batch_size: {type: int, low: 32, high: 64}\nresources: {num_workers: 2}\n", "search.train.batch_size", "33 is not divisible by resources.num_workers (2)"),
+    space("search-batch-too-large", "name: s\nsearch:\n  train.batch_size: {type: choice, values: [64, 4096]}\n", "search.train.batch_size", "4096 exceeds the 1437 training images"),
+    space("search-data-cap-below-batch", "name: s\nsearch:\n  data.max_train_samples: {type: choice, values: [16, 1000]}\n", "base.train.batch_size", "64 exceeds the 16 training images of 'digits' (data.max_train_samples: 16)"),
+    space("search-local-larger-than-global", "name: s\nbase: {views: {n_local: 2, global_size: 64}}\nsearch:\n  views.local_size: {type: choice, values: [16, 48]}\n  views.global_size: {type: choice, values: [32, 64]}\n", "search.views.local_size", "trials with views.local_size=48, views.global_size=32 would be invalid"),
+    space("point-outside-range", SPACE + "tune: {points_to_evaluate: [{loss.lam: 0.9}]}\n", "tune.points_to_evaluate[0].loss.lam", "0.9 is outside the searched loguniform [0.01, 0.5]"),
+    space("point-off-step", "name: s\nsearch:\n  model.proj_dim: {type: qint, low: 16, high: 64, step: 16}\ntune: {points_to_evaluate: [{model.proj_dim: 20}]}\n", "tune.points_to_evaluate[0].model.proj_dim", "outside the searched qint"),
+    space("point-unsearched-key", SPACE + "tune: {points_to_evaluate: [{optim.lr: 0.001}]}\n", "tune.points_to_evaluate[0].optim.lr", "not a searched key"),
+    space("max-concurrent-trials-0", SPACE + "tune: {max_concurrent_trials: 0}\n", "tune.max_concurrent_trials", "null or an integer > 0"),
+    space("max-failures-negative", SPACE + "tune: {max_failures: -1}\n", "tune.max_failures", "an integer >= 0"),
+    space("cpus-per-worker-0", SPACE + "resources: {cpus_per_worker: 0}\n", "resources.cpus_per_worker", "a number > 0"),
+    space("unknown-scheduler", SPACE + "tune: {scheduler: hyperband}\n", "tune.scheduler", "'asha'"),
+    space("mode-against-metric", SPACE + "tune: {metric: train/loss, mode: max}\n", "tune.mode", "expected min"),
+    space("metric-of-other-regularizer", SPACE + "tune: {metric: train/spectral, mode: min}\n", "tune.metric", "unknown label-free metric"),
+    space("criterion-unknown", SPACE + "selection: {criterion: best}\n", "selection.criterion", "unknown criterion 'best'"),
+    # (b) --set overrides on validate and run
+    overrides("set-lr-inf", "validate", ["optim.lr=1e400"], "base.optim.lr", "a finite number, got inf"),
+    overrides("run-set-lr-inf", "run", ["optim.lr=1e400"], "base.optim.lr", "a finite number, got inf"),
+    overrides("set-search-high-inf", "validate", ["search.loss.lam.high=1e400"], "search.loss.lam.high", "a finite number"),
+    overrides("set-search-low-inf", "run", ["search.loss.lam.low=-.inf"], "search.loss.lam.low", "a finite number"),
+    overrides("set-metric-reads-labels", "validate", ["tune.metric=eval/linear_acc"], "tune.metric", "reads labels"),
+    overrides("run-set-metric-reads-labels", "run", ["tune.metric=eval/linear_acc"], "tune.metric", "reads labels"),
+    overrides("set-criterion-reads-labels", "validate", ["selection.criterion=eval/linear_acc"], "selection.criterion", "reads labels"),
+    overrides("run-set-criterion-metric-key", "run", ["selection.criterion=labelfree/backbone/gmi"], "selection.criterion", "is named 'backbone/gmi'"),
+    overrides("set-missing-folder", "validate", ["data.dataset=folder:{tmp}/nowhere"], "base.data.dataset", "no such directory"),
+    overrides("run-set-missing-folder", "run", ["data.dataset=folder:{tmp}/nowhere"], "base.data.dataset", "no such directory"),
+    overrides("set-unknown-backbone", "validate", ["model.backbone=vit_nonexistent"], "base.model.backbone", "not a timm model"),
+    overrides("run-set-unknown-backbone", "run", ["model.backbone=vit_nonexistent"], "base.model.backbone", "not a timm model"),
+    overrides("set-workers-split-batch", "validate", ["resources.num_workers=3"], "base.train.batch_size", "64 is not divisible by resources.num_workers (3)"),
+    overrides("run-set-batch-too-large", "run", ["train.batch_size=4096"], "base.train.batch_size", "4096 exceeds the 1437 training images"),
+    overrides("set-cap-below-batch", "validate", ["data.max_train_samples=32"], "base.train.batch_size", "(data.max_train_samples: 32)"),
+    overrides("set-labelfree-too-large", "validate", ["labelfree.num_images=4096"], "base.labelfree.num_images", "4096 exceeds the 1437 training images"),
+    overrides("set-local-larger-than-global", "validate", ["views.n_local=2", "views.local_size=64"], "base.views.local_size", "must not exceed"),
+    overrides("set-point-outside-range", "validate", ["tune.points_to_evaluate=[{loss.lam: 0.9}]"], "tune.points_to_evaluate[0].loss.lam", "outside the searched"),
+    overrides("set-max-concurrent-0", "run", ["tune.max_concurrent_trials=0"], "tune.max_concurrent_trials", "> 0"),
+    overrides("set-without-equals", "validate", ["optim.lr"], "optim.lr", "expected dotted.key=value"),
+    overrides("set-bad-yaml-value", "run", ["optim.lr=[0.1"], "optim.lr", "not valid YAML"),
+    overrides("set-base-directory", "validate", ["base={tmp}"], "base", "is a directory"),
+    overrides("set-not-a-section", "validate", ["base.optim.lr.x=1"], "optim.lr", "is not a section"),
+    pytest.param(["run", "{tmp}/space.yaml", "--num-samples", "0"], {"space.yaml": SPACE}, "space.yaml (with --set)", "tune.num_samples", "> 0", id="run-num-samples-0"),
+    # (c) lejepa-tune train
+    train("train-not-utf8", [], None, "not a UTF-8 text file", config=NOT_UTF8),
+    train("train-top-level-list", [], None, "expected a mapping at the top level", config="- 1\n"),
+    train("train-bad-value-in-file", [], "optim.lr", "a number > 0", config="optim: {lr: -3}\n"),
+    train("train-inf-in-file", [], "optim.lr", "a finite number", config="optim: {lr: .inf}\n"),
+    train("train-set-lr-inf", ["optim.lr=1e400"], "optim.lr", "a finite number"),
+    train("train-set-unknown-key", ["optim.lrr=1"], "optim.lrr", "unknown key"),
+    train("train-set-without-equals", ["optim.lr"], "optim.lr", "expected dotted.key=value"),
+    train("train-batch-too-large", ["train.batch_size=4096"], "train.batch_size", "4096 exceeds the 1437 training images"),
+    train("train-labelfree-too-large", ["labelfree.num_images=4096"], "labelfree.num_images", "exceeds the 1437 training images"),
+    train("train-unknown-backbone", ["model.backbone=vit_nonexistent"], "model.backbone", "not a timm model"),
+    train("train-missing-folder", ["data.dataset=folder:{tmp}/nowhere"], "data.dataset", "no such directory"),
+    train("train-local-larger-than-global", ["views.n_local=2", "views.local_size=64"], "views.local_size", "must not exceed"),
+    train("train-cuda-without-gpu", ["train.device=cuda"], "train.device", "no CUDA device",
+          marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")),
+    # usage errors: one line too
+    pytest.param(["run", "{tmp}/space.yaml", "--num-samples", "many"], {"space.yaml": SPACE}, None, None, "argument --num-samples", id="usage-bad-int"),
+    pytest.param(["validate"], {}, None, None, "required: space", id="usage-missing-space"),
+]
+
+
+@pytest.mark.parametrize("argv,files,names,key,fragment", CASES)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, files, names, key, fragment):
+    """``names``: the file the message starts with (relative to tmp_path, or ``<defaults>``);
+    ``key``: the dotted key it names, ``None`` for errors about a whole file or the command
+    line; ``fragment``: what it says is wrong."""
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.replace("{tmp}", str(tmp_path)).encode())
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    outputs = tmp_path / "outputs"  # a run's sweeps, a training run's outputs: never created
+    if argv[0] == "run":
+        argv += ["--storage-path", str(outputs)]
+    elif argv[0] == "train":
+        argv += ["--output-dir", str(outputs)]
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    line = err.rstrip("\n")
+    assert line.startswith("lejepa-tune: error: "), line
+    if names is not None:
+        shown = names if names.startswith("<") else f"{tmp_path / names}"
+        assert line.startswith(f"lejepa-tune: error: {shown}: "), line
+    if key is not None:
+        assert f": {key}: " in line, line
+    assert fragment in line, line
+    assert not outputs.exists()
