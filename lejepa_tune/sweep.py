@@ -15,9 +15,11 @@ two 1-worker trials run at once.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,7 +39,7 @@ from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import resolve_resources, trial_driver, trial_output_dir
 
-__all__ = ["new_sweep_dir", "run_sweep", "SPEC_FILE"]
+__all__ = ["new_sweep_dir", "run_sweep", "dashboard_hint", "SPEC_FILE"]
 
 SPEC_FILE = "spec.yaml"
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -53,6 +55,20 @@ def _concurrency(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
     if gpus > 0:
         limits.append(cluster.get("GPU", 0) / (spec.resources.num_workers * gpus))
     return max(1, int(min(limits)))
+
+
+def dashboard_hint(url: str) -> str:
+    """Where the Ray dashboard is, and, when the cluster asks for a token (Ray's default for
+    local clusters since 2.59), how to get past its dialog. The token itself is never printed."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/authentication_mode", timeout=5) as response:
+            mode = json.load(response).get("authentication_mode")
+    except (OSError, ValueError):
+        mode = None
+    hint = f"Ray dashboard: {url} (trials and their Train workers: Jobs and Actors; logs: Logs)"
+    if mode == "token":
+        hint += "\n  it asks for a token: paste what `ray get-auth-token` prints on this machine"
+    return hint
 
 
 def new_sweep_dir(storage_path: str, name: str) -> str:
@@ -183,10 +199,12 @@ def run_sweep(
         sweep_dir, parent = resume, SweepTracker.find_parent(uri, experiment, resume)
 
     if not ray.is_initialized():
-        context = ray.init(address=address, include_dashboard=include_dashboard, logging_level="WARNING", log_to_driver=verbose > 0)
-        dashboard = getattr(context, "dashboard_url", None)
-        if dashboard:
-            print(f"Ray dashboard: http://{dashboard}", flush=True)
+        context = ray.init(
+            address=address, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
+            logging_level="WARNING", log_to_driver=verbose > 0,
+        )
+        if getattr(context, "dashboard_url", None):
+            print(dashboard_hint(f"http://{context.dashboard_url}"), flush=True)
 
     tracker = SweepTracker(uri, experiment, Path(sweep_dir).name, sweep_dir, parent_run_id=parent)
     if parent is None:
