@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="run a sweep: Ray Tune trials of Ray Train LeJEPA runs, Optuna search, MLflow tracking")
-    p.add_argument("space", help="a search-space YAML, e.g. search_spaces/lambda_sweep.yaml")
+    p.add_argument("space", nargs="?", help="a search-space YAML, e.g. search_spaces/lambda_sweep.yaml")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR after its driver died (its own spec.yaml; no SPACE, no --set)")
     p.add_argument("--num-samples", type=int, help="number of trials (tune.num_samples)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key: tune.*, resources.*, tracking.*, selection.* address the sweep, anything else the base training config (e.g. train.epochs=2)")
     p.add_argument("--address", help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray")
@@ -86,6 +87,29 @@ def _load_checked_spec(args: argparse.Namespace):
     return spec
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (the sweep's MLflow run is tagged with the absolute one)."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _resumable_spec(sweep_dir: str):
+    """The resolved space a sweep directory was started with (its ``spec.yaml``)."""
+    import yaml
+
+    from .records import join_uri, read_text
+    from .search_space import sweep_spec_from_dict
+    from .sweep import SPEC_FILE
+
+    source = join_uri(sweep_dir, SPEC_FILE)
+    try:
+        text = read_text(source)
+    except FileNotFoundError:
+        raise ConfigError(f"--resume: {sweep_dir}: not a sweep directory (no {SPEC_FILE})") from None
+    if "://" not in sweep_dir and not (Path(sweep_dir) / "tune").is_dir():
+        raise ConfigError(f"--resume: {sweep_dir}: the sweep has no Tune experiment to resume (tune/)")
+    return sweep_spec_from_dict(yaml.safe_load(text), source)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     spec = _load_checked_spec(args)
     print(f"{args.space}: ok: sweep '{spec.name}', {spec.tune.num_samples} trials of {spec.base.train.epochs} epochs")
@@ -99,13 +123,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import format_selection, format_trials_table
     from .sweep import run_sweep
 
-    spec = _load_checked_spec(args)
+    if args.resume:
+        if args.space or args.overrides or args.num_samples is not None:
+            raise ConfigError("--resume: a resumed sweep runs its own spec.yaml: give no SPACE, --set or --num-samples")
+        spec = _resumable_spec(args.resume)
+    elif args.space:
+        spec = _load_checked_spec(args)
+    else:
+        raise ConfigError("run: give a search space (SPACE) or --resume SWEEP_DIR")
     records = run_sweep(
         spec,
         storage_path=args.storage_path,
         address=args.address,
         tracking_uri=args.tracking_uri,
         include_dashboard=not args.no_dashboard,
+        resume=_absolute(args.resume) if args.resume else None,
     )
     analysis, files = analyse_and_report(records)
     publish(analysis, records, files["html"].parent if files else None)

@@ -122,6 +122,24 @@ class _OptunaLink(Callback):
                 storage.set_trial_user_attr(internal, MLFLOW_RUN_ATTR, run_id)
 
 
+def _close_orphans(sweep_dir: str, study_name: str) -> None:
+    """Optuna trials still running once the sweep is over were asked for by a driver that
+    died before Tune wrote them down (a resumed sweep asks again): they are marked failed,
+    with the reason, so that the study holds no trial that never ends."""
+    url = _optuna_storage(sweep_dir)
+    if url is None or not Path(sweep_dir, "optuna.db").is_file():
+        return
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        internal = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        storage.set_trial_user_attr(internal, "lost", "asked for just before the sweep's driver died; the resumed sweep asked again")
+        storage.set_trial_state_values(internal, optuna.trial.TrialState.FAIL)
+
+
 def _optuna_storage(sweep_dir: str) -> str | None:
     """On local storage the study lives in the sweep directory, so Optuna's own tools open it
     (``optuna-dashboard sqlite:///SWEEP_DIR/optuna.db``); elsewhere it lives in the searcher's
@@ -213,9 +231,9 @@ def run_sweep(
     print(f"  view it with: mlflow ui --backend-store-uri {tracker.display_uri} --host 127.0.0.1 --workers 1", flush=True)
     print(f"Sweep directory: {sweep_dir}", flush=True)
 
-    # Tune writes its experiment state (trials, searcher) every few seconds, so that a driver
-    # that dies loses little; the default adapts to minutes on long sweeps.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # Tune writes its experiment state (trials, searcher) every second, so that a driver that
+    # dies loses at most that: the default adapts to minutes on long sweeps.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     trainable = ray.tune.with_resources(
         # The trial function only drives its TorchTrainer's workers, so it reserves no CPU or
         # GPU; Ray needs a non-empty request, hence a token of logical memory.
@@ -230,6 +248,7 @@ def run_sweep(
     status = "FAILED"
     try:
         grid = tuner.fit()
+        _close_orphans(sweep_dir, spec.name)
         run_ids = tracker.trial_runs()
         trials = tuple(_record(r, spec, sweep_dir, run_ids) for r in grid)
         status = "FINISHED"

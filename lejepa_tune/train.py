@@ -307,10 +307,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
     if cfg.train.epochs == 0:  # the untrained baseline: measurements only
         metrics = {M.EPOCH: 0, **_measure(run, last=True)}
         _report(run, sink, metrics, 0, 0, opt)
-    elif start_epoch >= cfg.train.epochs:
-        # Resumed from the final checkpoint (the process died after its report, before it
-        # could return): report the final metrics again, so the run ends with them.
-        sink.report(metrics, None)
+
     if created_group:
         dist.destroy_process_group()
     return metrics

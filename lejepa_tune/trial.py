@@ -8,6 +8,7 @@ trial needs (no MLflow, no Optuna): a trial's start-up is paid in imports.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -15,20 +16,22 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
 import ray.tune
 import torch
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY as CHECKPOINT_PATH
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from .config import config_from_dict, config_to_dict
 from .metrics import DIVERGED, EPOCH, label_free_modes
-from .records import join_uri
+from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
 from .train import TrainingDiverged, train
 
-__all__ = ["RaySink", "train_worker", "trial_output_dir", "resolve_resources", "trial_driver"]
+__all__ = ["RaySink", "train_worker", "trial_output_dir", "finished_run", "resolve_resources", "trial_driver"]
 
 
 class RaySink:
@@ -46,6 +49,11 @@ class RaySink:
             return None
         # A local copy of the checkpoint to read (a no-op on shared local storage).
         self._restored = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="lejepa_resume_")))
+        # The epoch the run resumes from is reported again: if the driver died while its result
+        # was on the way, Tune and MLflow would miss it (MLflow logs each epoch once).
+        metrics = self._restored / "metrics.json"
+        if metrics.is_file():
+            ray.train.report(json.loads(metrics.read_text()))
         return self._restored
 
     def checkpoint_dir(self) -> Path:
@@ -80,6 +88,22 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             shutil.rmtree(sink._restored, ignore_errors=True)
 
 
+def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:
+    """The final result (metrics and ``checkpoint_path``) of a trial's Ray Train run whose
+    latest checkpoint is that of its last epoch; ``None`` when it has none or is unfinished."""
+    fs, path = filesystem(output_dir)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    checkpoints = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    for checkpoint in reversed(checkpoints):
+        try:
+            with fs.open_input_stream(f"{checkpoint}/metrics.json") as f:
+                metrics = json.loads(f.read())
+        except FileNotFoundError:  # a checkpoint being written when the driver died
+            continue
+        return {**metrics, CHECKPOINT_PATH: checkpoint} if metrics.get(EPOCH, 0) >= epochs else None
+    return None
+
+
 def trial_output_dir(sweep_dir: str, trial_id: str) -> str:
     """Where the trial's Ray Train run keeps its checkpoints: the trial's ``train.output_dir``."""
     return join_uri(sweep_dir, "train", f"train-{trial_id}")
@@ -104,6 +128,12 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
     params = {k: tune_config[k] for k in spec.search}
     output = trial_output_dir(sweep_dir, trial_id)
     cfg = trial_config(spec, params, output)
+    finished = finished_run(output, cfg.train.epochs)
+    if finished is not None:
+        # A resumed sweep whose driver died after this trial's last report, before Tune wrote
+        # it down: the trial is done, so its final result is reported again, and nothing runs.
+        ray.tune.report(finished)
+        return
     cpus, gpus = resolve_resources(spec, ray.cluster_resources())
     trainer = ray.train.torch.TorchTrainer(
         train_worker,

@@ -1,0 +1,147 @@
+"""Faults, for real: a Ray Train worker killed with SIGKILL mid-trial, and the driver of
+`lejepa-tune run` killed with SIGKILL (with its whole local Ray) and resumed with --resume.
+Real Ray, a real MLflow SQLite store, a real Optuna study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+import psutil
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE, REFERENCE_ACC
+from lejepa_tune.records import read_records
+from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
+from lejepa_tune.sweep import run_sweep
+from lejepa_tune.train import LocalSink, train
+from tiny import TINY_BASE
+
+pytestmark = pytest.mark.slow
+
+# Epochs long enough (16 steps) for a kill to land inside one.
+BASE = {**TINY_BASE, "data": {"max_train_samples": 512, "max_val_samples": 60}, "train": {"epochs": 4, "batch_size": 32}}
+
+
+def children(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.`lejepa_tune.role` = 'trial'")
+
+
+def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(int(m.step) for m in client.get_metric_history(run_id, LOSS))
+
+
+def train_workers_of(pid: int) -> list[psutil.Process]:
+    """The Ray Train worker processes of the Ray instance this process started."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::RayTrainWorker") and any(p.pid == pid for p in proc.parents()):
+            found.append(proc)
+    return found
+
+
+def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path):
+    spec = sweep_spec_from_dict({"name": "killed_worker", "base": BASE, "search": {}, "tune": {"num_samples": 1, "max_failures": 2}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, killed = MlflowClient(uri), []
+
+    def kill_after_epoch_2() -> None:  # SIGKILL to the worker, right after epoch 2 was reported
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            runs = children(client, "killed_worker")
+            if runs and 2 in epochs_logged(client, runs[0].info.run_id):
+                for proc in train_workers_of(os.getpid()):
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_epoch_2, daemon=True)
+    killer.start()
+    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=uri, include_dashboard=False, verbose=0)
+    killer.join(timeout=1)
+    assert killed, "no worker was killed: the test proves nothing"
+
+    (trial,) = records.trials
+    assert trial.status == "completed" and trial.epochs == 4
+    (run,) = children(client, "killed_worker")  # one MLflow run, not two
+    assert epochs_logged(client, run.info.run_id) == [1, 2, 3, 4]  # every epoch once
+    # The same seed, never interrupted: the same numbers, since every random stream of an epoch
+    # is seeded by (seed, epoch) and the model, optimiser and counters come from the checkpoint.
+    # (One torch thread, as the trial's worker has: another thread count sums in another order.)
+    cfg = trial_config(spec, {}, str(tmp_path / "uninterrupted"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = train(cfg, LocalSink(cfg, verbose=False))
+    finally:
+        torch.set_num_threads(threads)
+    for key in (LOSS, OBJECTIVE, REFERENCE_ACC):
+        assert trial.metrics[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+
+
+def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "killed_driver",
+        "base": {**BASE, "train": {"epochs": 3, "batch_size": 32}},
+        "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
+        "tune": {"num_samples": 4, "seed": 0, "max_concurrent_trials": 2},
+    }))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps"), "--no-dashboard"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(r.info.status == "FINISHED" for r in children(client, "killed_driver")):
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        time.sleep(0.5)
+    finished_before = {r.data.tags["lejepa_tune.trial_id"] for r in children(client, "killed_driver") if r.info.status == "FINISHED"}
+    assert finished_before, "no trial finished before the deadline"
+    killed_at = time.time()
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+
+    resumed = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", "--resume", str(sweep_dir), *common],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    records = read_records(str(sweep_dir))
+    assert len(records.trials) == 4 and all(t.status == "completed" for t in records.trials)
+    exp = client.get_experiment_by_name("killed_driver")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("lejepa_tune.role") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("lejepa_tune.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # re-attached, not duplicated
+    assert sorted(r.data.tags["lejepa_tune.trial_id"] for r in kids) == sorted(t.trial_id for t in records.trials)
+    for run in kids:
+        assert run.info.status == "FINISHED" and epochs_logged(client, run.info.run_id) == [1, 2, 3]
+    # Finished trials were not run again: nothing was written in their Ray Train runs since.
+    for trial_id in finished_before:
+        run_dir = sweep_dir / "train" / f"train-{trial_id}"
+        assert max(p.stat().st_mtime for p in run_dir.rglob("*")) < killed_at, trial_id
+    # The Optuna study went on: four trials, none duplicated or lost, each linked to its run.
+    study = optuna.load_study(study_name="killed_driver", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(t.trial_id for t in records.trials)
+    assert all(t.user_attrs.get("mlflow_run_id") in {r.info.run_id for r in kids} for t in complete)
+    # A trial asked for in the last second before the kill, which Tune had not written down, is
+    # closed as failed, with the reason; none is left running.
+    assert all(t.state.name == "FAIL" and "lost" in t.user_attrs for t in study.trials if t.state.name != "COMPLETE")
+    # The final selection covers all trials.
+    parent = client.get_run(parents[0].info.run_id)
+    assert parent.data.tags["lejepa_tune.choice"] in {t.trial_id for t in records.trials}
+    assert "selection/objective/spearman" in parent.data.metrics
+    assert {EPOCH, OBJECTIVE} <= set(kids[0].data.metrics)
