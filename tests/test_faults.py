@@ -145,3 +145,27 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
     assert parent.data.tags["lejepa_tune.choice"] in {t.trial_id for t in records.trials}
     assert "selection/objective/spearman" in parent.data.metrics
     assert {EPOCH, OBJECTIVE} <= set(kids[0].data.metrics)
+
+
+def test_two_sweeps_started_together_share_one_mlflow_database(tmp_path):
+    """Two `lejepa-tune run` in one directory at the same moment, both on the default
+    sqlite:///mlflow.db: both complete, with all their runs and metrics."""
+    spaces = []
+    for name in ("left", "right"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "base": TINY_BASE, "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
+                                        "tune": {"num_samples": 2, "max_concurrent_trials": 1}}))
+        spaces.append(path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(p), "--no-dashboard"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for p in spaces]
+    outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in ("left", "right"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        kids = [r for r in runs if r.data.tags.get("lejepa_tune.role") == "trial"]
+        assert len(runs) == 3 and len(kids) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        for run in kids:
+            assert epochs_logged(client, run.info.run_id) == [1] and OBJECTIVE in run.data.metrics
+    assert len(list((tmp_path / "sweeps").iterdir())) == 2
