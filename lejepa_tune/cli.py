@@ -127,6 +127,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.space or args.overrides or args.num_samples is not None:
             raise ConfigError("--resume: a resumed sweep runs its own spec.yaml: give no SPACE, --set or --num-samples")
         spec = _resumable_spec(args.resume)
+        if "***@" in (spec.tracking.tracking_uri or "") and not args.tracking_uri:
+            raise ConfigError(f"--resume: {args.resume}: its tracking URI holds a password, which was not written down: pass --tracking-uri again")
     elif args.space:
         spec = _load_checked_spec(args)
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,6 +36,7 @@ __all__ = [
     "write_records",
     "short_name",
     "trial_label",
+    "mask_uri",
 ]
 
 RECORDS_FILE = "records.json"
@@ -87,7 +89,9 @@ class SweepRecords:
     elapsed_s: float = math.nan
 
     def to_json(self) -> str:
+        """The records as JSON; a password in the tracking URI is masked (files are shared)."""
         data = asdict(self)
+        data["tracking_uri"] = mask_uri(self.tracking_uri) if self.tracking_uri else None
         data["trials"] = [asdict(t) for t in self.trials]
         return json.dumps(data, indent=1, allow_nan=True)
 
@@ -166,3 +170,9 @@ def _short(value: Any) -> str:
 def trial_label(params: Mapping[str, Any]) -> str:
     """``lam=0.0051 lr=0.002``: a trial named by its searched values (two significant digits)."""
     return " ".join(f"{short_name(k)}={_short(v)}" for k, v in params.items())
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any password (``scheme://user:secret@host``) replaced by ``***``: what may
+    be printed, written or logged."""
+    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", uri)

@@ -42,6 +42,7 @@ from .config import (
     to_plain,
 )
 from .metrics import OBJECTIVE, OBJECTIVE_MODE, criterion_keys, label_free_modes, reads_labels
+from .records import mask_uri
 
 __all__ = [
     "Distribution",
@@ -443,7 +444,8 @@ def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
         "search": {k: {f: to_plain(v) for f, v in dataclasses.asdict(d).items() if v is not None} for k, d in spec.search.items()},
         "tune": to_plain(dataclasses.asdict(spec.tune)),
         "resources": dataclasses.asdict(spec.resources),
-        "tracking": dataclasses.asdict(spec.tracking),
+        # A password in the tracking URI is masked: this goes into files and MLflow.
+        "tracking": {**dataclasses.asdict(spec.tracking), "tracking_uri": mask_uri(spec.tracking.tracking_uri) if spec.tracking.tracking_uri else None},
         "selection": dataclasses.asdict(spec.selection),
     }
 

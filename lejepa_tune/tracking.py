@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,7 +20,7 @@ from ray.tune import Callback
 
 from .config import flatten_dict
 from .metrics import DIVERGED, EPOCH
-from .records import trial_label
+from .records import mask_uri, trial_label
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -31,7 +30,6 @@ __all__ = [
     "CHECKPOINT_TAG",
     "ERROR_TAG",
     "resolve_tracking_uri",
-    "mask_uri",
     "numeric_metrics",
     "SweepTracker",
     "MLflowTrialCallback",
@@ -53,12 +51,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with any password (``scheme://user:secret@host``) replaced by ``***``: what may
-    be printed or logged."""
-    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", uri)
 
 
 def _display(value: Any) -> str:

@@ -43,3 +43,15 @@ def test_a_record_refuses_an_unknown_status():
 def test_trial_labels_name_a_run_by_its_searched_values():
     assert trial_label({"loss.lam": 0.005123, "optim.lr": 0.002, "train.batch_size": 64}) == "lam=0.0051 lr=0.002 batch_size=64"
     assert trial_label({"optim.lr": 0.0002}) == "lr=2.0e-4"
+
+
+def test_a_password_in_the_tracking_uri_is_never_written():
+    from lejepa_tune.records import mask_uri
+    from lejepa_tune.search_space import spec_to_dict, sweep_spec_from_dict
+
+    uri = "postgresql://bob:hunter2@db.example:5432/mlflow"
+    assert mask_uri(uri) == "postgresql://bob:***@db.example:5432/mlflow"
+    assert mask_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    spec = sweep_spec_from_dict({"name": "s", "tracking": {"tracking_uri": uri}})
+    records = SweepRecords("s", spec_to_dict(spec), (), "/tmp/s", tracking_uri=uri)
+    assert "hunter2" not in records.to_json() and "hunter2" not in str(spec_to_dict(spec))
