@@ -12,15 +12,15 @@ from mlflow.tracking import MlflowClient
 
 from .analysis import SweepAnalysis, agreement_rows, analyse, headline_metrics
 from .config import ConfigError
+from .metrics import OBJECTIVE
 from .records import RECORDS_FILE, SweepRecords, read_records, trial_label
 from .report import write_report
-from .tracking import ROLE_TAG, resolve_tracking_uri
+from .tracking import CHOSEN_TAG, ROLE_TAG, resolve_tracking_uri
 
 __all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
 
 CRITERION_TAG = "lejepa_tune.criterion"
 CHOICE_TAG = "lejepa_tune.choice"
-CHOSEN_TAG = "lejepa_tune.chosen"
 NOTE_TAG = "mlflow.note.content"  # the description MLflow shows on a run's page
 
 
@@ -61,7 +61,7 @@ def describe(analysis: SweepAnalysis) -> str:
     space = ", ".join(f"`{k}` {d.get('type')} {d.get('values', [d.get('low'), d.get('high')])}" for k, d in records.spec.get("search", {}).items())
     lines = [
         f"**Sweep** `{records.name}`: {len(records.trials)} trials over {space or 'nothing (one point)'}.",
-        f"**Objective** `{sel.default}` ({sel.reason}); searched by Optuna's TPE on `{records.spec.get('tune', {}).get('metric')}`.",
+        f"**Objective** `{sel.default}` ({sel.reason}); searched by Optuna's TPE on `{records.spec.get('tune', {}).get('metric', OBJECTIVE)}`.",
         f"**Chosen without labels:** trial `{sel.choice}`" + (f" ({trial_label(chosen.params)})." if chosen is not None else "."),
         f"**Judged with labels** against `{sel.reference}`: Spearman {a.spearman:.2f} (95% CI {a.spearman_ci[0]:.2f} to {a.spearman_ci[1]:.2f}; "
         f"noise ceiling {sel.noise_ceiling:.2f}), regret {100 * a.regret:.1f} points, best trial by labels `{sel.best_by_reference}`.",

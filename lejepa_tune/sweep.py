@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .config import config_to_dict
 from .data import DataSplits, as_tensors, build_datasets
-from .metrics import DIVERGED, EPOCH
+from .metrics import DIVERGED, EPOCH, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, join_uri, write_records, write_text
 from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
@@ -148,29 +148,45 @@ def _optuna_storage(sweep_dir: str) -> str | None:
 
 
 def _searcher(spec: SweepSpec, sweep_dir: str) -> OptunaSearch | None:
+    """Optuna's TPE (seeded), on the space Tune hands it (:func:`_param_space`), with the
+    metric and mode of the Tune config."""
     if not spec.search:
         return None
     n = spec.tune.num_samples
     sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, n // 2)))
     url = _optuna_storage(sweep_dir)
-    storage = optuna.storages.RDBStorage(url) if url else None
     return _OptunaSearch(
-        space={k: d.to_optuna() for k, d in spec.search.items()},
-        metric=spec.tune.metric,
-        mode=spec.tune.mode,
         sampler=sampler,
         study_name=spec.name,
-        storage=storage,
+        storage=optuna.storages.RDBStorage(url) if url else None,
         points_to_evaluate=[dict(p) for p in spec.tune.points_to_evaluate] or None,
     )
 
 
+def _param_space(spec: SweepSpec) -> dict[str, Any]:
+    """The searched keys as Tune domains: Tune's progress table shows them as columns, and
+    Ray's OptunaSearch turns them into the Optuna distributions of the study."""
+    space = {}
+    for key, d in spec.search.items():
+        if d.type == "loguniform":
+            space[key] = ray.tune.loguniform(d.low, d.high)
+        elif d.type == "uniform":
+            space[key] = ray.tune.uniform(d.low, d.high)
+        elif d.type == "choice":
+            space[key] = ray.tune.choice(list(d.values))
+        elif (d.step or 1) == 1:
+            space[key] = ray.tune.randint(int(d.low), int(d.high) + 1)  # randint excludes its upper bound
+        else:
+            space[key] = ray.tune.qrandint(int(d.low), int(d.high), int(d.step))
+    return space
+
+
 def _scheduler(spec: SweepSpec):
+    """ASHA on the Tune config's metric (stopping trials every ``reduction_factor``-fold rung of
+    epochs from ``grace_period`` on), or first in, first out."""
     if spec.tune.scheduler == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
-            metric=spec.tune.metric,
-            mode=spec.tune.mode,
             max_t=max(1, spec.base.train.epochs),
             grace_period=min(spec.tune.grace_period, max(1, spec.base.train.epochs)),
             reduction_factor=spec.tune.reduction_factor,
@@ -227,8 +243,14 @@ def run_sweep(
     tracker = SweepTracker(uri, experiment, Path(sweep_dir).name, sweep_dir, parent_run_id=parent)
     if parent is None:
         tracker.log_sweep_params({k: v for k, v in spec_to_dict(spec).items() if k != "base"})
+    tracker.share_view(list(spec.search), spec.tune.metric, spec.tune.mode, REFERENCE_ACC)
     print(f"MLflow: experiment '{experiment}', parent run {tracker.parent_run_id}", flush=True)
-    print(f"  view it with: mlflow ui --backend-store-uri {tracker.display_uri} --host 127.0.0.1 --workers 1", flush=True)
+    if tracker.tracking_uri.startswith(("http://", "https://")):
+        print(f"  runs: {tracker.ui_link(tracker.tracking_uri.rstrip('/'))}", flush=True)
+    else:
+        # One worker: several restart each other on health-check timeouts while a sweep runs.
+        print(f"  view it with: mlflow ui --backend-store-uri {tracker.display_uri} --host 127.0.0.1 --port 5000 --workers 1", flush=True)
+        print(f"  then open: {tracker.ui_link()}", flush=True)
     print(f"Sweep directory: {sweep_dir}", flush=True)
 
     # Tune writes its experiment state (trials, searcher) every second, so that a driver that
@@ -272,7 +294,10 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else [])]
     return ray.tune.Tuner(
         trainable,
+        param_space=_param_space(spec),
         tune_config=ray.tune.TuneConfig(
+            metric=spec.tune.metric,
+            mode=spec.tune.mode,
             search_alg=_searcher(spec, sweep_dir),
             scheduler=_scheduler(spec),
             num_samples=spec.tune.num_samples,

@@ -8,6 +8,7 @@ soon as Tune sees it: a finished trial's run is complete whatever a later trial 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "TRIAL_ID_TAG",
     "CHECKPOINT_TAG",
     "ERROR_TAG",
+    "CHOSEN_TAG",
     "resolve_tracking_uri",
     "numeric_metrics",
     "SweepTracker",
@@ -41,6 +43,8 @@ SWEEP_DIR_TAG = "lejepa_tune.sweep_dir"
 TRIAL_ID_TAG = "lejepa_tune.trial_id"
 CHECKPOINT_TAG = "lejepa_tune.checkpoint_uri"
 ERROR_TAG = "lejepa_tune.error"
+CHOSEN_TAG = "lejepa_tune.chosen"  # "true" on the run of the trial chosen without labels
+VIEW_KEY = "lejepa_tune"
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
 
@@ -101,6 +105,22 @@ class SweepTracker:
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def share_view(self, searched: list[str], metric: str, mode: str, reference: str) -> str:
+        """Saves a view of the experiment's runs table (MLflow's shared view state, an
+        experiment tag): the searched values and the metric as columns, runs sorted by the
+        metric, the choice's tag. Returns the key that opens it (``viewStateShareKey``)."""
+        state = {
+            "selectedColumns": [*(f"params.`{k}`" for k in searched), f"metrics.`{metric}`", f"metrics.`{reference}`", f"tags.`{CHOSEN_TAG}`"],
+            "orderByKey": f"metrics.`{metric}`",
+            "orderByAsc": mode == "min",
+        }
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+        return VIEW_KEY
+
+    def ui_link(self, ui: str = "http://127.0.0.1:5000") -> str:
+        """The experiment's runs table in MLflow's machine-learning view, in the shared view."""
+        return f"{ui}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
     @property
     def display_uri(self) -> str:

@@ -302,7 +302,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
         if epoch == start_epoch:
             metrics[M.STARTUP_TIME] = first_step_at - sink.started_at
         metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
-        _report(run, sink, metrics, epoch + 1, step, opt)
+        _report(run, sink, _headline_first(metrics), epoch + 1, step, opt)
 
     if cfg.train.epochs == 0:  # the untrained baseline: measurements only
         metrics = {M.EPOCH: 0, **_measure(run, last=True)}
@@ -400,6 +400,12 @@ def _evaluate(run: _Run) -> dict[str, float | str]:
             M.REFERENCE_CORRECT: M.pack_bits(correct.numpy()),
         }
     return broadcast_object(result)
+
+
+def _headline_first(metrics: dict[str, float | str]) -> dict[str, float | str]:
+    """The same metrics, the objective and the loss first: progress tables show the first few."""
+    first = [k for k in (M.OBJECTIVE, M.LOSS, M.SCALED_LOSS) if k in metrics]
+    return {**{k: metrics[k] for k in first}, **metrics}
 
 
 def _report(run: _Run, sink: Sink, metrics: dict[str, float | str], epoch: int, step: int, opt: torch.optim.Optimizer) -> None:

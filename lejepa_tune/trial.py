@@ -150,6 +150,8 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=spec.tune.max_failures),
+            # Ray Train's per-checkpoint INFO lines would bury Tune's progress table.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     trainer.fit()

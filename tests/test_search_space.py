@@ -159,6 +159,16 @@ def test_shipped_search_spaces_validate(capsys):
         assert code == 0, err
 
 
+def test_the_tune_space_becomes_the_declared_optuna_distributions(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lejepa_tune.sweep import _param_space
+
+    spec = load_sweep_spec(write(tmp_path, GOOD))
+    converted = OptunaSearch.convert_search_space(_param_space(spec))
+    assert converted == {k: d.to_optuna() for k, d in spec.search.items()}
+
+
 def test_asha_and_resources_follow_the_spec(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -166,7 +176,7 @@ def test_asha_and_resources_follow_the_spec(tmp_path):
 
     spec = load_sweep_spec(write(tmp_path, GOOD), ["train.epochs=6", "tune.grace_period=2", "tune.reduction_factor=3"])
     asha = _scheduler(spec)
-    assert isinstance(asha, ASHAScheduler) and asha.metric == "labelfree/objective"
+    assert isinstance(asha, ASHAScheduler)
     assert isinstance(_scheduler(load_sweep_spec(write(tmp_path, "name: s\n", "plain.yaml"))), FIFOScheduler)
     # gpus_per_worker: auto is decided from what the cluster holds when the trial starts.
     assert resolve_resources(spec, {"CPU": 16}) == (1.0, 0.0)
