@@ -339,5 +339,5 @@ def _checkpoint_uri(sweep_dir: str, path: str) -> str:
     """Ray reports a checkpoint's path within its storage filesystem (``bucket/key`` for
     ``s3://``); as a URI it carries the sweep storage's scheme again."""
     if "://" in sweep_dir and "://" not in path:
-        return f"{sweep_dir.split('://', 1)[0]}://{path.lstrip('/')}"
+        return f"{sweep_dir.split('://', 1)[0]}://{path}"  # s3: bucket/key; file: /abs/path
     return path

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -50,10 +51,21 @@ _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """``uri``, or the default SQLite file in the working directory (absolute, so that Ray
-    processes with another working directory write to the same database)."""
+    processes with another working directory write to the same database).
+
+    A tracking server's user and password in the URL (``http://user:secret@host:5000``) move to
+    ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``, where MLflow reads them, and
+    are dropped from the URI: MLflow prints run links made of the URI, and the URI goes into
+    files and runs."""
     uri = uri or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.username is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+        if parts.password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password)
+        uri = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     return uri
 
 
