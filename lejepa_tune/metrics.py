@@ -60,8 +60,8 @@ EPOCH = "epoch"
 DIVERGED = "train/diverged"
 EPOCH_TIME = "time/epoch_s"
 LABELFREE_TIME = "time/labelfree_s"
-# From the start of the run (a sweep's trial, or the process) to its first training step;
-# reported with the first epoch a process trains.
+# From the start of the run (a sweep's trial, or the process) to its first training step
+# (that of the process, after a restart), reported with every epoch.
 STARTUP_TIME = "time/startup_s"
 
 # Labelled monitors and judges.

@@ -299,8 +299,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
             )
         metrics[M.SCALED_LOSS] = M.scaled_loss(metrics[M.LOSS], cfg.loss.lam, cfg.labelfree.alpha)
         metrics.update({M.EPOCH: epoch + 1, M.LR: cfg.optim.lr * factor, M.EPOCH_TIME: time.perf_counter() - t0})
-        if epoch == start_epoch:
-            metrics[M.STARTUP_TIME] = first_step_at - sink.started_at
+        metrics[M.STARTUP_TIME] = first_step_at - sink.started_at  # the same every epoch
         metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
         _report(run, sink, _headline_first(metrics), epoch + 1, step, opt)
 

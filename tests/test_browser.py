@@ -24,7 +24,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import SweepRecords, trial_label
 from lejepa_tune.report import write_report
 from lejepa_tune.tracking import SweepTracker
-from tiny import synthetic_records
+from tiny import stop_tree, synthetic_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -108,7 +108,7 @@ def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser,
         page.get_by_text("Chosen without labels").first.wait_for(timeout=60_000)  # the sweep run's description
         page.screenshot(path=str(tmp_path / "mlflow_sweep_run.png"))
     finally:
-        os.killpg(server.pid, 9)
+        stop_tree(server.pid)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from lejepa_tune.cli import main
-from tiny import TINY_BASE
+from tiny import TINY_BASE, stop_tree
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
 pytestmark = [
@@ -81,7 +81,7 @@ def mlflow_server(postgres, tmp_path_factory):
             assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
             time.sleep(0.5)
     yield url, artifacts
-    os.killpg(server.pid, 9)
+    stop_tree(server.pid)
 
 
 def test_a_sweep_logs_to_a_tracking_server_and_the_report_reads_it_back(local_ray, mlflow_server, tmp_path, monkeypatch, capsys):

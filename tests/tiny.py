@@ -1,5 +1,6 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
-few slices), as a base config and as ``--set`` overrides, and hand-made sweep records."""
+few slices), as a base config and as ``--set`` overrides, hand-made sweep records, and a way to
+stop a server with everything it started."""
 
 from __future__ import annotations
 
@@ -46,3 +47,19 @@ def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> Swe
     spec = {"name": name, "base": {"loss": {"lam": 0.05}}, "search": {"loss.lam": {"type": "loguniform", "low": 0.005, "high": 0.5},
             "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 5e-3}}, "selection": {"criterion": "auto"}}
     return SweepRecords(name, spec, tuple(trials), "/nonexistent/sweep")
+
+
+def stop_tree(pid: int) -> None:
+    """Kills a process and every process it started (MLflow's server starts job consumers in
+    sessions of their own, which a process-group kill would miss)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for proc in [*root.children(recursive=True), root]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -1,0 +1,134 @@
+"""Where a trial's start-up goes, measured piece by piece and as a whole.
+
+A trial of a sweep is three Ray actors started one after the other: Tune's function trainable
+(lejepa_tune.trial.trial_driver), Ray Train's controller, and the Train workers, which import
+the training code, get the dataset, build the model and the label-free set, join the process
+group and take the first step. This script times:
+
+* the imports a fresh Python process pays for the trial's module and its heavy dependencies;
+* a bare Ray actor's start (a new process) and the same actor importing the trial's module;
+* the worker's own set-up in one process: data, model, label-free set, optimiser, first step;
+* whole trials of a real sweep: ``time/startup_s``, from the trial function's start to the
+  workers' first training step, and from Tune's start of the trial to its first result.
+
+    python experiments/trial_startup.py                # the README's breakdown (~3 min on 2 cores)
+    python experiments/trial_startup.py --smoke-test   # tiny, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from lejepa_tune.report import format_table
+
+IMPORTS = ["torch", "timm", "ray.train.torch", "lejepa_tune.trial", "mlflow", "optuna"]
+
+
+def import_seconds(module: str) -> float:
+    """Seconds a fresh interpreter takes to import ``module`` (interpreter start excluded)."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def ready(self) -> float:
+        return time.time()
+
+    def load(self) -> float:
+        import lejepa_tune.trial  # noqa: F401 - what a trial's actors import
+
+        return time.time()
+
+
+def actor_seconds() -> tuple[float, float]:
+    """A new actor's start until it answers, and until it has imported the trial's module."""
+    start = time.time()
+    probe = Probe.remote()
+    ready = ray.get(probe.ready.remote()) - start
+    loaded = ray.get(probe.load.remote()) - start
+    ray.kill(probe)
+    return ready, loaded
+
+
+def setup_seconds(overrides: list[str]) -> dict[str, float]:
+    """The worker's set-up, step by step, in this process."""
+    import torch
+
+    from lejepa_tune.config import load_config
+    from lejepa_tune.data import build_datasets
+    from lejepa_tune.labelfree import LabelFreeSet
+    from lejepa_tune.models import build_model
+    from lejepa_tune.train import LocalSink, build_optimizer, train
+
+    cfg = load_config(None, overrides)
+    times, t = {}, time.perf_counter()
+    splits = build_datasets(cfg.data)
+    times["dataset (decode digits)"], t = time.perf_counter() - t, time.perf_counter()
+    model = build_model(cfg.model, splits.num_classes)
+    build_optimizer(model, cfg.optim)
+    times["model and optimiser"], t = time.perf_counter() - t, time.perf_counter()
+    LabelFreeSet(splits.train, cfg.labelfree, cfg.views)
+    times["label-free set"], t = time.perf_counter() - t, time.perf_counter()
+    first = {}
+
+    class FirstStep(LocalSink):
+        def report(self, metrics, checkpoint):
+            first.setdefault("startup", metrics["time/startup_s"])
+
+    sink = FirstStep(cfg, verbose=False)
+    torch.manual_seed(0)
+    train(cfg, sink, data=splits)
+    times["train(): entry to first step (data given)"] = first["startup"]
+    return times
+
+
+def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[float], list[float]]:
+    """``time/startup_s`` of each trial of a real sweep, and Tune's start to first result."""
+    from lejepa_tune.search_space import load_sweep_spec
+    from lejepa_tune.sweep import run_sweep
+
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "lambda_sweep.yaml"
+    spec = load_sweep_spec(space, [*overrides, f"tune.num_samples={trials}", "train.epochs=1"])
+    records = run_sweep(spec, storage_path=str(root / "sweeps"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}", include_dashboard=False, verbose=0)
+    startup = [t.metrics["time/startup_s"] for t in records.trials if "time/startup_s" in t.metrics]
+    first = []
+    for result in (Path(records.sweep_dir) / "tune").glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        if rows:
+            first.append(rows[0]["time_total_s"])  # Tune: the trial's start to its first result
+    return startup, first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--trials", type=int, default=4)
+    args = parser.parse_args()
+    root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_startup_"))
+    smoke = ["data.max_train_samples=256", "data.max_val_samples=60", "labelfree.num_images=64"] if args.smoke_test else []
+    rows = [[f"import {m} (fresh process)", import_seconds(m)] for m in (IMPORTS[-3:] if args.smoke_test else IMPORTS)]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ready, loaded = actor_seconds()
+    rows += [["a new Ray actor answers", ready], ["... and has imported lejepa_tune.trial", loaded]]
+    rows += [[k, v] for k, v in setup_seconds([*smoke, "train.epochs=1", "eval.enabled=false", f"train.output_dir={root / 'setup'}"]).items()]
+    startup, first = sweep_seconds(root, smoke, 2 if args.smoke_test else args.trials)
+    ray.shutdown()
+    rows += [[f"sweep: trial function start to first step (time/startup_s, median of {len(startup)})", statistics.median(startup)],
+             [f"sweep: Tune's trial start to its first result (median of {len(first)})", statistics.median(first)]]
+    print(format_table(["what", "seconds"], [[w, f"{s:.2f}"] for w, s in rows]))
+    print(f"\ntime/startup_s of every trial: {' '.join(f'{s:.1f}' for s in startup)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""What every Ray Train worker of a trial runs: one DDP rank of :func:`lejepa_tune.train.train`,
+with a :class:`RaySink` that reports to Ray Train and resumes from its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from .config import config_from_dict
+from .metrics import DIVERGED, EPOCH, label_free_modes
+from .train import TrainingDiverged, train
+
+__all__ = ["RaySink", "train_worker"]
+
+
+class RaySink:
+    """A Ray Train worker's side of :class:`lejepa_tune.train.Sink`: resume from
+    ``ray.train.get_checkpoint()``, report with ``ray.train.report`` (rank 0's checkpoint is
+    uploaded to the run's storage, then its local copy deleted)."""
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self._restored: Path | None = None
+
+    def resume_from(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        # A local copy of the checkpoint to read (a no-op on shared local storage).
+        self._restored = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="lejepa_resume_")))
+        # The epoch the run resumes from is reported again: if the driver died while its result
+        # was on the way, Tune and MLflow would miss it (MLflow logs each epoch once).
+        metrics = self._restored / "metrics.json"
+        if metrics.is_file():
+            ray.train.report(json.loads(metrics.read_text()))
+        return self._restored
+
+    def checkpoint_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="lejepa_ckpt_"))
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None
+        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=checkpoint is not None)
+
+    def progress(self, batches, total: int, epoch: int):
+        return batches  # Tune's table shows progress; workers stay quiet
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: one rank of the trial's DDP training."""
+    cfg = config_from_dict(loop_config["config"], "trial config")
+    device = ray.train.torch.get_device()  # the accelerator Ray gave this worker, or the CPU
+    if device.type == "cpu":
+        # The worker's CPU reservation, not the node's core count: concurrent trials share it.
+        torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
+    shared = loop_config["data"]["ref"]  # the sweep's decoded dataset, from the object store
+    sink = RaySink(loop_config["started_at"])
+    try:
+        train(cfg, sink, device=device, data=ray.get(shared) if shared is not None else None)
+    except TrainingDiverged as err:
+        # A diverged run ends here, reported, not retried: resuming from the last checkpoint
+        # with the same seed would diverge again. The sweep goes on.
+        # The searchable metrics are reported as nan, so that Optuna records a failed trial.
+        ray.train.report({**dict.fromkeys(label_free_modes(cfg.loss.regularizer), math.nan), EPOCH: err.epoch, DIVERGED: str(err)})
+    finally:
+        if sink._restored is not None:
+            shutil.rmtree(sink._restored, ignore_errors=True)
