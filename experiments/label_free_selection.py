@@ -48,9 +48,11 @@ SWEEPS = {
         "views.n_global": {"type": "int", "low": 2, "high": 6},
         "views.n_local": {"type": "choice", "values": [0, 2, 4]},
     },
+    # Few batch sizes and view counts, so that trials share them and the Spearman within groups
+    # of equal batch size and views is defined.
     "D_batch_views_lambda_proj": {
-        "train.batch_size": {"type": "qint", "low": 32, "high": 256, "step": 32},
-        "views.n_global": {"type": "int", "low": 2, "high": 4},
+        "train.batch_size": {"type": "choice", "values": [64, 128, 256]},
+        "views.n_global": {"type": "choice", "values": [2, 4]},
         "loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.3},
         "model.proj_dim": {"type": "choice", "values": [16, 32, 64, 128]},
     },
