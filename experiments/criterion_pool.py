@@ -3,7 +3,7 @@ bundled digits, drawn at random over λ, learning rate, weight decay, epochs, ba
 views and projector width, each keeping its label-free criteria (every epoch), the features of
 its label-free set, and the cross-validated probe that judges them.
 
-    python experiments/criterion_pool.py --output-dir DIR            # 96 runs, ~40 min on 2 cores
+    python experiments/criterion_pool.py --output-dir DIR --views 4  # the 96 runs (~40 min on 2 cores)
     python experiments/criterion_pool.py --output-dir DIR --analyse  # criteria vs the probe
     python experiments/criterion_pool.py --smoke-test                # tiny, for CI
 
@@ -113,26 +113,47 @@ def jobs(n_scale: float, seed: int, out: Path, extra: list[str]) -> list[tuple]:
 
 
 def analyse(out: Path) -> None:
-    from lejepa_tune.agreement import spearman
-    from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, LOSS, REFERENCE_ACC, SCALED_LOSS, labelfree_key
+    """Spearman of every criterion against the reference, per group of runs and over all, as
+    the runs reported it; then the objective's candidates re-scored from the saved features
+    (M images, q views), with each group's noise ceiling and the regret of each pick."""
+    import torch
+
+    from lejepa_tune.agreement import noise_ceiling, regret, spearman
+    from lejepa_tune.evaluate import gaussian_mi, view_nn_accuracy
+    from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, LABELFREE_MODES, LOSS, REFERENCE_ACC, REFERENCE_CORRECT, SCALED_LOSS, labelfree_key, unpack_bits
 
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
     runs = [r for r in runs if "epochs" in r]
-    keys = [(LOSS, "min"), (SCALED_LOSS, "min")] + [
-        (labelfree_key(s, c), "min" if c in ("inv_ratio", "sigreg") else "max") for s in FEATURE_SPACES for c in LABELFREE_CRITERIA
-    ]
     groups = sorted({r["name"].rsplit("_", 1)[0] for r in runs})
-    print(f"{len(runs)} runs; reference {REFERENCE_ACC}")
-    header = f"{'criterion':32s}" + "".join(f"{g[:12]:>13s}" for g in [*groups, "all"])
-    print(header)
+    member = {g: [i for i, r in enumerate(runs) if g == "all" or r["name"].startswith(g)] for g in [*groups, "all"]}
+    acc = np.array([r["epochs"][-1][REFERENCE_ACC] for r in runs])
+
+    def row(name: str, values: list[float], mode: str) -> str:
+        x = np.asarray(values, dtype=float)
+        return f"{name:30s}" + "".join(f"{spearman(-x[i] if mode == 'min' else x[i], acc[i]):13.2f}" for i in member.values())
+
+    print(f"{len(runs)} runs; Spearman against {REFERENCE_ACC}\n")
+    print(f"{'criterion (as reported)':30s}" + "".join(f"{g[:12]:>13s}" for g in member))
+    keys = [(LOSS, "min"), (SCALED_LOSS, "min")] + [(labelfree_key(s, c), LABELFREE_MODES[c]) for s in FEATURE_SPACES for c in LABELFREE_CRITERIA]
     for key, mode in keys:
-        row = f"{key:32s}"
-        for g in [*groups, "all"]:
-            sel = [r for r in runs if g == "all" or r["name"].startswith(g)]
-            x = np.array([r["epochs"][-1].get(key, np.nan) for r in sel], dtype=float)
-            y = np.array([r["epochs"][-1][REFERENCE_ACC] for r in sel], dtype=float)
-            row += f"{spearman(-x if mode == 'min' else x, y):13.2f}"
-        print(row)
+        print(row(key, [r["epochs"][-1].get(key, np.nan) for r in runs], mode))
+
+    feats = [torch.load(out / r["name"] / "features.pt")["backbone"].double() for r in runs]
+    print(f"\n{'backbone, re-scored':30s}" + "".join(f"{g[:12]:>13s}" for g in member))
+    picks = {}
+    for m in (128, 256):
+        for q in (2, 4):
+            if q > feats[0].shape[1]:
+                continue
+            for name, fn in (("gmi", gaussian_mi), ("view_nn", view_nn_accuracy)):
+                values = [fn(f[:m, :q]) for f in feats]
+                picks[f"{name} M={m} q={q}"] = values
+                print(row(f"{name} M={m} q={q}", values, "max"))
+    print("\nnoise ceiling and regret (points) of the picks, per group")
+    for g, rows in member.items():
+        bits = np.stack([unpack_bits(runs[i]["epochs"][-1][REFERENCE_CORRECT]) for i in rows])
+        regrets = "  ".join(f"{k}: {100 * regret(np.asarray(v)[rows], acc[rows], 'max'):.1f}" for k, v in picks.items() if k.startswith("gmi"))
+        print(f"  {g:22s} n={len(rows):3d}  reference {acc[rows].min():.3f}-{acc[rows].max():.3f}  ceiling {noise_ceiling(bits, n_boot=300):.2f}  {regrets}")
 
 
 def main() -> None:
@@ -142,11 +163,12 @@ def main() -> None:
     parser.add_argument("--analyse", action="store_true", help="only score the criteria of the runs in --output-dir")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--views", type=int, default=4, help="views of each label-free image the runs keep (re-scored with fewer too)")
     args = parser.parse_args()
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_pool_"))
     out.mkdir(parents=True, exist_ok=True)
     if not args.analyse:
-        extra = SMOKE if args.smoke_test else []
+        extra = [*(SMOKE if args.smoke_test else []), f"labelfree.num_views={args.views}"]
         todo = jobs(0.1 if args.smoke_test else 1.0, args.seed, out, extra)
         if args.smoke_test:
             todo = [(n, {**o, "train.epochs": 1, "train.batch_size": 32}, d, e) for n, o, d, e in todo[:3]]
