@@ -32,7 +32,7 @@ def run(root: Path, name: str, overrides: list[str]):
     if done:
         return read_records(str(done[-1]))
     spec = load_sweep_spec(SPACE, [*overrides, f"name={name}", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
-    return run_sweep(spec, storage_path=str(root / "sweeps"), include_dashboard=False, verbose=0)
+    return run_sweep(spec, storage_path=str(root / "sweeps"), verbose=0)
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_asha_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR", log_to_driver=False)
     rows, results = [], {}
     for seed in args.seeds[:1] if args.smoke_test else args.seeds:
         for scheduler in ("none", "asha"):

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray")
     p.add_argument("--storage-path", default="sweeps", help="where sweep directories are created (default: ./sweeps)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.tracking_uri, else sqlite:///mlflow.db)")
-    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (not with tune.scheduler: asha: Ray Train frees a stopped trial's workers through its state API)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("report", help="trials, label-free criteria and their agreement with the probe; plots and HTML")
@@ -121,7 +121,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import analyse_and_report, publish
     from .report import format_selection, format_trials_table
-    from .sweep import run_sweep
+    from .sweep import check_dashboard, run_sweep
 
     if args.resume:
         if args.space or args.overrides or args.num_samples is not None:
@@ -133,6 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec = _load_checked_spec(args)
     else:
         raise ConfigError("run: give a search space (SPACE) or --resume SWEEP_DIR")
+    check_dashboard(spec, not args.no_dashboard, args.address)
     records = run_sweep(
         spec,
         storage_path=args.storage_path,

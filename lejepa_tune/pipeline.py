@@ -8,14 +8,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 
 from .analysis import SweepAnalysis, agreement_rows, analyse, headline_metrics
 from .config import ConfigError
 from .metrics import OBJECTIVE
 from .records import RECORDS_FILE, SweepRecords, read_records, trial_label
 from .report import write_report
-from .tracking import CHOSEN_TAG, ROLE_TAG, resolve_tracking_uri
+from .tracking import CHOSEN_TAG, ROLE_TAG, open_client, resolve_tracking_uri
 
 __all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
 
@@ -30,7 +29,7 @@ def publish(analysis: SweepAnalysis | None, records: SweepRecords, report_dir: P
     run), the full agreement table, the report and the records as artifacts."""
     if records.tracking_uri is None or records.parent_run_id is None:
         return
-    client = MlflowClient(records.tracking_uri)
+    client = open_client(records.tracking_uri)
     parent = records.parent_run_id
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / RECORDS_FILE).write_text(records.to_json())
@@ -80,7 +79,7 @@ def load_records(sweep: str, tracking_uri: str | None = None) -> SweepRecords:
         except FileNotFoundError:
             raise ConfigError(f"{sweep}: not a finished sweep directory (no {RECORDS_FILE})") from None
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = open_client(uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
         raise ConfigError(f"{sweep}: neither a sweep directory nor an MLflow experiment at {uri}")

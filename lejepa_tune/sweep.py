@@ -31,7 +31,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .config import config_to_dict
+from .config import ConfigError, config_to_dict
 from .data import DataSplits, as_tensors, build_datasets
 from .metrics import DIVERGED, EPOCH, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, join_uri, write_records, write_text
@@ -39,7 +39,7 @@ from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import resolve_resources, trial_driver, trial_output_dir
 
-__all__ = ["new_sweep_dir", "run_sweep", "dashboard_hint", "SPEC_FILE"]
+__all__ = ["new_sweep_dir", "run_sweep", "check_dashboard", "dashboard_hint", "SPEC_FILE"]
 
 SPEC_FILE = "spec.yaml"
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -206,6 +206,31 @@ def _shared_data(spec: SweepSpec) -> Any:
     return {"ref": ray.put(decoded)}
 
 
+def check_dashboard(spec: SweepSpec, include_dashboard: bool, address: str | None) -> None:
+    """Refuses a sweep whose scheduler stops trials on a Ray this process would start without
+    its dashboard: Ray Train frees a stopped trial's workers through the dashboard's state API."""
+    if spec.tune.scheduler != "none" and not include_dashboard and address is None:
+        raise ConfigError(f"{spec.source}: tune.scheduler: {spec.tune.scheduler} stops trials early, and Ray Train frees a stopped trial's workers "
+                          "through the Ray dashboard's state API: run it with the dashboard (without --no-dashboard)")
+
+
+def _state_api_available(wait_s: float = 30.0) -> bool:
+    """Whether the cluster serves Ray's state API (part of its dashboard), which Ray Train's
+    placement-group cleaner asks whether a stopped trial's controller is gone, before it frees
+    that trial's workers. Without it, every trial a scheduler stops keeps its CPUs and GPUs."""
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            list_nodes(limit=1, timeout=10, raise_on_missing_output=False)
+            return True
+        except Exception:  # the dashboard is still starting, or there is none
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1.0)
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -226,19 +251,23 @@ def run_sweep(
     start = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.tracking_uri)
     experiment = spec.tracking.experiment or spec.name
-    if resume is None:
-        sweep_dir, parent = new_sweep_dir(storage_path, spec.name), None
-        write_text(join_uri(sweep_dir, SPEC_FILE), yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
-    else:
-        sweep_dir, parent = resume, SweepTracker.find_parent(uri, experiment, resume)
-
     if not ray.is_initialized():
+        check_dashboard(spec, include_dashboard, address)
         context = ray.init(
             address=address, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
             logging_level="WARNING", log_to_driver=verbose > 0,
         )
         if getattr(context, "dashboard_url", None):
             print(dashboard_hint(f"http://{context.dashboard_url}"), flush=True)
+
+    if spec.tune.scheduler != "none" and not _state_api_available():
+        raise ConfigError(f"{spec.source}: tune.scheduler: {spec.tune.scheduler} stops trials early, and Ray Train frees a stopped trial's workers "
+                          "through the Ray dashboard's state API, which this Ray cluster does not serve: start its head with --include-dashboard=true")
+    if resume is None:
+        sweep_dir, parent = new_sweep_dir(storage_path, spec.name), None
+        write_text(join_uri(sweep_dir, SPEC_FILE), yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+    else:
+        sweep_dir, parent = resume, SweepTracker.find_parent(uri, experiment, resume)
 
     tracker = SweepTracker(uri, experiment, Path(sweep_dir).name, sweep_dir, parent_run_id=parent)
     if parent is None:

@@ -8,14 +8,17 @@ soon as Tune sees it: a finished trial's run is complete whatever a later trial 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -33,6 +36,7 @@ __all__ = [
     "ERROR_TAG",
     "CHOSEN_TAG",
     "resolve_tracking_uri",
+    "open_client",
     "numeric_metrics",
     "SweepTracker",
     "MLflowTrialCallback",
@@ -69,6 +73,18 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def open_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` on ``tracking_uri`` (resolved). On a SQLite file, the first client
+    creates the database's tables; two sweeps started together in one directory would both try,
+    and one would fail half-way through MLflow's migrations, so clients are opened one process
+    at a time, under a lock named after the database file."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri)
+    digest = hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
+    with FileLock(os.path.join(tempfile.gettempdir(), f"lejepa_tune_mlflow_{digest}.lock"), timeout=300):
+        return MlflowClient(tracking_uri)
+
+
 def _display(value: Any) -> str:
     """A parameter as MLflow shows it: floats to 4 significant digits (``0.08026``, not
     ``0.08026123456789``); the exact searched values are in the run's ``searched.*`` tags."""
@@ -94,7 +110,7 @@ class SweepTracker:
 
     def __init__(self, tracking_uri: str | None, experiment: str, sweep_name: str, sweep_dir: str, parent_run_id: str | None = None):
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = open_client(self.tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp is not None else self._create_experiment(experiment)
         self.experiment = experiment
@@ -141,7 +157,7 @@ class SweepTracker:
     @staticmethod
     def find_parent(tracking_uri: str | None, experiment: str, sweep_dir: str) -> str | None:
         """The parent run of the sweep in ``sweep_dir``, if an earlier start made one."""
-        client = MlflowClient(resolve_tracking_uri(tracking_uri))
+        client = open_client(resolve_tracking_uri(tracking_uri))
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return None

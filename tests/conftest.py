@@ -16,6 +16,8 @@ def local_ray():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # With the dashboard, whose state API Ray Train needs to free the workers of a trial that a
+        # scheduler stops, as in the sweeps `lejepa-tune run` starts.
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -185,3 +185,7 @@ def test_asha_and_resources_follow_the_spec(tmp_path):
     assert _concurrency(spec, {"CPU": 16}) == 8
     assert _concurrency(spec, {"CPU": 16, "GPU": 4}) == 2
     assert _concurrency(spec, {"CPU": 1}) == 1
+    # Fractional GPUs: two 1-worker trials share one GPU.
+    half = load_sweep_spec(write(tmp_path, "name: s\nresources: {gpus_per_worker: 0.5}\n", "half.yaml"))
+    assert resolve_resources(half, {"CPU": 8, "GPU": 1}) == (1.0, 0.5)
+    assert _concurrency(half, {"CPU": 8, "GPU": 1}) == 2

@@ -5,6 +5,7 @@ one epoch, a one-block ViT."""
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -120,3 +121,40 @@ def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
     study = optuna.load_study(study_name="diverging", storage=f"sqlite:///{records.sweep_dir}/optuna.db")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
     assert config_from_dict(spec.base_data).optim.warmup_epochs == 0
+
+
+def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, tmp_path):
+    """ASHA on the objective: the second trial, below the first at the first rung, is stopped
+    there; its run holds what it did; and the CPUs its Train workers held come back (Ray Train
+    frees them through the dashboard's state API: without it, the next trials would wait
+    forever)."""
+    base = {**TINY_BASE, "train": {"epochs": 2, "batch_size": 32}}
+    # An untrained encoder (lr 1e-8) scores higher at this tiny scale than one trained for a
+    # single epoch: the order makes the second trial the one stopped.
+    spec = sweep_spec_from_dict({
+        "name": "asha", "base": base, "search": {"optim.lr": {"type": "loguniform", "low": 1e-8, "high": 1e-2}},
+        "tune": {"num_samples": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1,
+                 "points_to_evaluate": [{"optim.lr": 1e-8}, {"optim.lr": 2e-3}]},
+    })
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=uri, verbose=0)
+    by_lr = {t.params["optim.lr"]: t for t in records.trials}
+    assert (by_lr[1e-8].status, by_lr[1e-8].epochs) == ("completed", 2)
+    assert (by_lr[2e-3].status, by_lr[2e-3].epochs) == ("stopped", 1)
+    assert by_lr[2e-3].metrics[OBJECTIVE] < by_lr[1e-8].metrics[OBJECTIVE]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id], "tags.`lejepa_tune.role` = 'trial'")
+    steps = {float(r.data.params["optim.lr"]): [m.step for m in client.get_metric_history(r.info.run_id, OBJECTIVE)] for r in runs}
+    assert steps == {1e-8: [1, 2], 2e-3: [1]}
+    deadline = time.monotonic() + 60
+    while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert local_ray.available_resources().get("CPU", 0) == 2
+
+
+def test_asha_without_the_dashboard_is_refused_before_ray_starts(tmp_path, capsys):
+    space = write_space(tmp_path, "asha_cli", {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}, {"num_samples": 2, "scheduler": "asha"})
+    assert main(["run", str(space), "--no-dashboard"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(space) in err[0] and "tune.scheduler" in err[0] and "--no-dashboard" in err[0]
+    assert not (tmp_path / "sweeps").exists()
