@@ -24,7 +24,7 @@ from lejepa_tune.sweep import run_sweep
 
 SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "full_sweep.yaml"
 SMOKE = ["data.max_train_samples=256", "data.max_val_samples=60", "labelfree.num_images=64", "model.backbone_kwargs.depth=1",
-         "train.epochs=2", "tune.num_samples=3", "train.batch_size=32", "tune.grace_period=1"]
+         "train.epochs=2", "tune.num_samples=2", "train.batch_size=32", "tune.grace_period=1"]
 
 
 def run(root: Path, name: str, overrides: list[str]):

@@ -4,7 +4,9 @@ with a :class:`RaySink` that reports to Ray Train and resumes from its checkpoin
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,8 +57,19 @@ class RaySink:
         return batches  # Tune's table shows progress; workers stay quiet
 
 
+def _quiet_ray_train() -> None:
+    """Ray Train logs every report at INFO, metrics and all, through loggers named by their
+    module's file path, out of reach of its ``LoggingConfig`` level (which filters loggers named
+    ``ray.train.*``): its lines would bury Tune's progress table. Its warnings still show."""
+    package = os.path.dirname(ray.train.__file__)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(package):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: one rank of the trial's DDP training."""
+    _quiet_ray_train()
     cfg = config_from_dict(loop_config["config"], "trial config")
     device = ray.train.torch.get_device()  # the accelerator Ray gave this worker, or the CPU
     if device.type == "cpu":

@@ -161,6 +161,8 @@ def test_two_sweeps_started_together_share_one_mlflow_database(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for p in spaces]
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    # What a person sees: Tune's table and the summary, not Ray Train's per-report INFO lines.
+    assert not any("Reporting training result" in o for o in outputs)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for name in ("left", "right"):
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
