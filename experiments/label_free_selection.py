@@ -186,12 +186,13 @@ def main() -> None:
 
     rows = []
     for key, r in results.items():
-        o = r["criteria"]["objective"]
+        o, sl = r["criteria"]["objective"], r["criteria"]["scaled_loss"]
         rows.append([key, r["completed"], f"{r['reference_range'][0]:.3f}-{r['reference_range'][1]:.3f}", r["noise_ceiling"], o["spearman"],
                      f"[{_f(o['spearman_ci'][0])}, {_f(o['spearman_ci'][1])}]", o["within"], 100 * o["regret"], o["top3_overlap"],
-                     None if r["labelfree_cost"] is None else r["labelfree_cost"][1]])
+                     sl["spearman"], 100 * sl["regret"], None if r["labelfree_cost"] is None else r["labelfree_cost"][1]])
     print()
-    print(format_table(["sweep", "n", "reference", "ceiling", "objective ρ", "95% CI", "within ρ", "regret (pt)", "top3", "label-free cost"], rows))
+    print(format_table(["sweep", "n", "reference", "ceiling", "objective ρ", "95% CI", "within ρ", "regret (pt)", "top3",
+                        "scaled_loss ρ", "its regret (pt)", "label-free cost"], rows))
     print()
     print(markdown(results))
     print(f"\nresults: {root / 'results.json'}")
