@@ -20,11 +20,11 @@ from lejepa_tune.analysis import analyse
 from lejepa_tune.records import read_records
 from lejepa_tune.report import format_table
 from lejepa_tune.search_space import load_sweep_spec
-from lejepa_tune.sweep import run_sweep
+from lejepa_tune.sweep import init_ray, run_sweep
 
 SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "full_sweep.yaml"
 SMOKE = ["data.max_train_samples=256", "data.max_val_samples=60", "labelfree.num_images=64", "model.backbone_kwargs.depth=1",
-         "train.epochs=2", "tune.num_samples=2", "train.batch_size=32", "tune.grace_period=1"]
+         "train.epochs=2", "tune.num_samples=1", "train.batch_size=32", "tune.grace_period=1"]
 
 
 def run(root: Path, name: str, overrides: list[str]):
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_asha_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+    init_ray(logging_level="ERROR", log_to_driver=False)
     rows, results = [], {}
     for seed in args.seeds[:1] if args.smoke_test else args.seeds:
         for scheduler in ("none", "asha"):

@@ -122,7 +122,7 @@ def main() -> None:
     ready, loaded = actor_seconds()
     rows += [["a new Ray actor answers", ready], ["... and has imported lejepa_tune.trial", loaded]]
     rows += [[k, v] for k, v in setup_seconds([*smoke, "train.epochs=1", "eval.enabled=false", f"train.output_dir={root / 'setup'}"]).items()]
-    startup, first = sweep_seconds(root, smoke, 2 if args.smoke_test else args.trials)
+    startup, first = sweep_seconds(root, smoke, 1 if args.smoke_test else args.trials)
     ray.shutdown()
     rows += [[f"sweep: trial function start to first step (time/startup_s, median of {len(startup)})", statistics.median(startup)],
              [f"sweep: Tune's trial start to its first result (median of {len(first)})", statistics.median(first)]]

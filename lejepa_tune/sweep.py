@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -39,7 +40,7 @@ from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import resolve_resources, trial_driver, trial_output_dir
 
-__all__ = ["new_sweep_dir", "run_sweep", "check_dashboard", "dashboard_hint", "SPEC_FILE"]
+__all__ = ["new_sweep_dir", "run_sweep", "init_ray", "check_dashboard", "dashboard_hint", "SPEC_FILE"]
 
 SPEC_FILE = "spec.yaml"
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -214,6 +215,20 @@ def check_dashboard(spec: SweepSpec, include_dashboard: bool, address: str | Non
                           "through the Ray dashboard's state API: run it with the dashboard (without --no-dashboard)")
 
 
+def init_ray(address: str | None = None, include_dashboard: bool = True, **kwargs: Any):
+    """``ray.init`` as a sweep needs it: the dashboard on loopback, and, on a Ray this process
+    starts, every worker told where that dashboard is (``RAY_API_SERVER_ADDRESS``). Ray Train's
+    placement-group cleaner finds the state API by auto-detection, which fails as soon as a
+    second Ray runs on the machine (another sweep, a test's cluster); then no stopped trial's
+    workers would ever be freed."""
+    if address is None and include_dashboard:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        kwargs.update(dashboard_port=port, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    return ray.init(address=address, include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
+
+
 def _state_api_available(wait_s: float = 30.0) -> bool:
     """Whether the cluster serves Ray's state API (part of its dashboard), which Ray Train's
     placement-group cleaner asks whether a stopped trial's controller is gone, before it frees
@@ -223,7 +238,7 @@ def _state_api_available(wait_s: float = 30.0) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            list_nodes(limit=1, timeout=10, raise_on_missing_output=False)
+            list_nodes(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10, raise_on_missing_output=False)
             return True
         except Exception:  # the dashboard is still starting, or there is none
             if time.monotonic() > deadline:
@@ -253,10 +268,7 @@ def run_sweep(
     experiment = spec.tracking.experiment or spec.name
     if not ray.is_initialized():
         check_dashboard(spec, include_dashboard, address)
-        context = ray.init(
-            address=address, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
-            logging_level="WARNING", log_to_driver=verbose > 0,
-        )
+        context = init_ray(address, include_dashboard, logging_level="WARNING", log_to_driver=verbose > 0)
         if getattr(context, "dashboard_url", None):
             print(dashboard_hint(f"http://{context.dashboard_url}"), flush=True)
 

@@ -15,9 +15,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 def local_ray():
     import ray
 
+    from lejepa_tune.sweep import init_ray
+
     if not ray.is_initialized():
         # With the dashboard, whose state API Ray Train needs to free the workers of a trial that a
         # scheduler stops, as in the sweeps `lejepa-tune run` starts.
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+        init_ray(num_cpus=2, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()

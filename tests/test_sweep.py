@@ -5,6 +5,8 @@ one epoch, a one-block ViT."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import optuna
@@ -22,7 +24,7 @@ from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
 from lejepa_tune.sweep import run_sweep
 from lejepa_tune.train import LocalSink, train
-from tiny import TINY_BASE
+from tiny import TINY_BASE, stop_tree
 
 pytestmark = pytest.mark.slow
 
@@ -123,11 +125,23 @@ def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
     assert config_from_dict(spec.base_data).optim.warmup_epochs == 0
 
 
-def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, tmp_path):
+@pytest.fixture
+def another_ray():
+    """A second Ray instance on the machine, as another sweep would start: Ray's auto-detection
+    of "the" cluster fails while it runs."""
+    code = "import ray, sys, time; ray.init(num_cpus=1, include_dashboard=False, logging_level='ERROR'); print('ready', flush=True); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    yield
+    stop_tree(proc.pid)
+
+
+def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_ray, tmp_path):
     """ASHA on the objective: the second trial, below the first at the first rung, is stopped
-    there; its run holds what it did; and the CPUs its Train workers held come back (Ray Train
-    frees them through the dashboard's state API: without it, the next trials would wait
-    forever)."""
+    there; its run holds what it did; and the CPUs its Train workers held come back. Ray Train
+    frees them through the dashboard's state API, which its cleaner finds by auto-detection,
+    unless told where it is: with a second Ray on the machine, it was not found, and the next
+    trials would have waited forever."""
     base = {**TINY_BASE, "train": {"epochs": 2, "batch_size": 32}}
     # An untrained encoder (lr 1e-8) scores higher at this tiny scale than one trained for a
     # single epoch: the order makes the second trial the one stopped.
