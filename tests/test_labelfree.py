@@ -1,0 +1,54 @@
+"""The fixed label-free set: identical pixels for every trial of a sweep, whatever the trial's
+own batch size, view counts or seed; and the criteria measured on it, the objective among them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lejepa_tune.config import config_from_dict
+from lejepa_tune.data import as_tensors, build_datasets
+from lejepa_tune.labelfree import LabelFreeSet, measure
+from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, OBJECTIVE, labelfree_key
+from lejepa_tune.models import build_model
+from tiny import TINY_BASE
+
+
+@pytest.fixture(scope="module")
+def setting():
+    cfg = config_from_dict(TINY_BASE)
+    splits = build_datasets(cfg.data)
+    return cfg, as_tensors(splits.train), splits.num_classes
+
+
+def test_every_trial_sees_the_same_views(setting):
+    cfg, train, _ = setting
+    other = config_from_dict({**TINY_BASE, "train": {"epochs": 3, "batch_size": 16, "seed": 7}, "views": {"n_global": 4, "n_local": 2}})
+    a, b = LabelFreeSet(train, cfg.labelfree, cfg.views), LabelFreeSet(train, other.labelfree, other.views)
+    rows = list(range(len(a)))
+    assert len(a) == cfg.labelfree.num_images
+    assert torch.equal(a.views(rows, torch.device("cpu")), b.views(rows, torch.device("cpu")))
+    # Another labelfree.seed draws other images and other views.
+    reseeded = LabelFreeSet(train, dataclasses.replace(cfg.labelfree, seed=cfg.labelfree.seed + 1), cfg.views)
+    assert not torch.equal(a.views(rows, torch.device("cpu")), reseeded.views(rows, torch.device("cpu")))
+
+
+def test_a_set_larger_than_the_data_is_refused_by_its_key(setting):
+    cfg, train, _ = setting
+    with pytest.raises(ValueError, match="labelfree.num_images"):
+        LabelFreeSet(train, dataclasses.replace(cfg.labelfree, num_images=len(train) + 1), cfg.views)
+
+
+def test_measure_reports_every_criterion_and_the_objective_whatever_the_batch(setting):
+    cfg, train, num_classes = setting
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes).eval()
+    lfset = LabelFreeSet(train, cfg.labelfree, cfg.views)
+    whole = measure(model, lfset, torch.device("cpu"), None, batch_size=256)
+    assert set(whole) == {labelfree_key(s, c) for s in FEATURE_SPACES for c in LABELFREE_CRITERIA} | {OBJECTIVE}
+    assert whole[OBJECTIVE] == whole[labelfree_key("backbone", "gmi")]
+    # Embedding in small batches gives the same numbers (eval mode: no batch statistics).
+    pieces = measure(model, lfset, torch.device("cpu"), None, batch_size=7)
+    assert pieces == pytest.approx(whole, rel=1e-4, abs=1e-6)
