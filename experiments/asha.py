@@ -46,7 +46,7 @@ def main() -> None:
     init_ray(logging_level="ERROR", log_to_driver=False)
     rows, results = [], {}
     for seed in args.seeds[:1] if args.smoke_test else args.seeds:
-        for scheduler in ("none", "asha"):
+        for scheduler in ("asha",) if args.smoke_test else ("none", "asha"):
             name = f"full_{scheduler}_seed{seed}"
             records = run(root, name, [*(SMOKE if args.smoke_test else []), f"tune.scheduler={scheduler}", f"tune.seed={seed}", f"train.seed={seed}"])
             analysis = analyse(records)
