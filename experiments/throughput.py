@@ -79,6 +79,17 @@ class PerImageViews(Dataset):
         return torch.stack([self.aug(img) for _ in range(self.n)]), int(self.labels[i])
 
 
+def _step(model, opt, loss_fn, views, y, step: int) -> None:
+    """One training step of the reference loop and the ceiling: the LeJEPA loss and the probe's
+    cross-entropy on ``(V, B, 3, S, S)`` views, backward, optimiser step."""
+    _, proj, logits = model(views)
+    out = loss_fn(proj, step)
+    probe = F.cross_entropy(logits.flatten(0, 1), y.repeat(views.shape[0]))
+    opt.zero_grad(set_to_none=True)
+    (out.loss + probe).backward()
+    opt.step()
+
+
 def reference_epoch(cfg, images, labels, steps: int) -> float:
     """Views per second of the minimal example's loop (per-image transforms in 1 worker)."""
     torch.manual_seed(0)
@@ -93,12 +104,7 @@ def reference_epoch(cfg, images, labels, steps: int) -> float:
     start, done = time.perf_counter(), 0
     for step in range(steps):
         views = vs.transpose(0, 1)  # (V, B, 3, S, S)
-        _, proj, logits = model(views)
-        out = loss_fn(proj, step)
-        probe = F.cross_entropy(logits.flatten(0, 1), y.repeat(cfg.views.n_global))
-        opt.zero_grad(set_to_none=True)
-        (out.loss + probe).backward()
-        opt.step()
+        _step(model, opt, loss_fn, views, y, step)
         done += views.shape[0] * views.shape[1]
         if step + 1 < steps:
             vs, y = next(it)
@@ -116,12 +122,7 @@ def ceiling(cfg, steps: int) -> float:
     model.train()
     start = time.perf_counter()
     for step in range(steps):
-        _, proj, logits = model(views)
-        out = loss_fn(proj, step)
-        probe = F.cross_entropy(logits.flatten(0, 1), y.repeat(cfg.views.n_global))
-        opt.zero_grad(set_to_none=True)
-        (out.loss + probe).backward()
-        opt.step()
+        _step(model, opt, loss_fn, views, y, step)
     return steps * views.shape[0] * views.shape[1] / (time.perf_counter() - start)
 
 

@@ -11,14 +11,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from lejepa_tune.metrics import LOSS, OBJECTIVE
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
-from lejepa_tune.train import LocalSink, train
-from tiny import TINY_BASE
+from tiny import TINY_BASE, train_like_a_worker
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +54,7 @@ def test_two_worker_trials_across_two_nodes_with_storage_by_uri(two_nodes, tmp_p
 
     # The same trial in one process (one thread, as each worker had) computes the same loss.
     cfg = trial_config(sweep_spec_from_dict(space), {}, str(tmp_path / "single"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = train(cfg, LocalSink(cfg, verbose=False))
-    finally:
-        torch.set_num_threads(threads)
+    single = train_like_a_worker(cfg)
     assert trial.metrics[LOSS] == pytest.approx(single[LOSS], rel=2e-3)
     assert trial.metrics[OBJECTIVE] == pytest.approx(single[OBJECTIVE], rel=2e-2)
 

@@ -14,7 +14,6 @@ import time
 import optuna
 import psutil
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -22,8 +21,7 @@ from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
 from lejepa_tune.sweep import run_sweep
-from lejepa_tune.train import LocalSink, train
-from tiny import TINY_BASE
+from tiny import TINY_BASE, train_like_a_worker
 
 pytestmark = pytest.mark.slow
 
@@ -77,14 +75,7 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path):
     assert epochs_logged(client, run.info.run_id) == [1, 2, 3, 4]  # every epoch once
     # The same seed, never interrupted: the same numbers, since every random stream of an epoch
     # is seeded by (seed, epoch) and the model, optimiser and counters come from the checkpoint.
-    # (One torch thread, as the trial's worker has: another thread count sums in another order.)
-    cfg = trial_config(spec, {}, str(tmp_path / "uninterrupted"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        whole = train(cfg, LocalSink(cfg, verbose=False))
-    finally:
-        torch.set_num_threads(threads)
+    whole = train_like_a_worker(trial_config(spec, {}, str(tmp_path / "uninterrupted")))
     for key in (LOSS, OBJECTIVE, REFERENCE_ACC):
         assert trial.metrics[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
 

@@ -1,16 +1,18 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
-few slices), as a base config and as ``--set`` overrides, hand-made sweep records, and a way to
-stop a server with everything it started."""
+few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run trained the way a trial's worker trains it, and a way
+to stop a server with everything it started."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import torch
 
 from lejepa_tune.config import flatten_dict
 from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
 from lejepa_tune.records import SweepRecords, TrialRecord
+from lejepa_tune.train import LocalSink, train
 
 TINY_BASE = {
     "data": {"max_train_samples": 128, "max_val_samples": 60},
@@ -63,3 +65,14 @@ def stop_tree(pid: int) -> None:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def train_like_a_worker(cfg) -> dict:
+    """``train(cfg)`` in this process with one torch thread, as a 1-CPU Ray Train worker runs it
+    (another thread count sums in another order, so the numbers differ in the last digits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg, LocalSink(cfg, verbose=False))
+    finally:
+        torch.set_num_threads(threads)
