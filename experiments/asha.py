@@ -5,6 +5,10 @@ trained), the wall time, and the regret of the label-free choice against the ref
 
     python experiments/asha.py --output-dir DIR            # the README's table (~1 h on 2 cores)
     python experiments/asha.py --smoke-test                # tiny, for CI
+    python experiments/asha.py --output-dir DIR --set tune.reduction_factor=4   # another ASHA setting
+
+Sweeps already finished in ``DIR`` (by name) are read back, not run again: a FIFO run does not
+depend on ASHA's settings, so one can be copied in from another output directory.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of the space for every run")
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_asha_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -48,7 +53,7 @@ def main() -> None:
     for seed in args.seeds[:1] if args.smoke_test else args.seeds:
         for scheduler in ("asha",) if args.smoke_test else ("none", "asha"):
             name = f"full_{scheduler}_seed{seed}"
-            records = run(root, name, [*(SMOKE if args.smoke_test else []), f"tune.scheduler={scheduler}", f"tune.seed={seed}", f"train.seed={seed}"])
+            records = run(root, name, [*(SMOKE if args.smoke_test else []), *args.set, f"tune.scheduler={scheduler}", f"tune.seed={seed}", f"train.seed={seed}"])
             analysis = analyse(records)
             epochs = sum(t.epochs for t in records.trials)
             full = sum(int(t.params.get("train.epochs", records.spec["base"]["train"]["epochs"])) for t in records.trials)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,10 +20,9 @@ import pytest
 from lejepa_tune.analysis import analyse
 from lejepa_tune.pipeline import publish
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
-from lejepa_tune.records import SweepRecords, trial_label
+from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
-from lejepa_tune.tracking import SweepTracker
-from tiny import stop_tree, synthetic_records
+from tiny import free_port, stop_tree, synthetic_records, tracked_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -40,12 +38,6 @@ def browser():
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield chromium
         chromium.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, seconds: float = 120) -> None:
@@ -75,16 +67,7 @@ def test_the_report_page_shows_every_image_and_fits_the_page(browser, tmp_path):
 @pytest.mark.slow
 def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    synthetic = synthetic_records(6, name="ui_sweep")
-    tracker = SweepTracker(uri, "ui_sweep", "ui_sweep_1", str(tmp_path / "sweep"))
-    run_ids = {}
-    for t in synthetic.trials:
-        run_ids[t.trial_id] = tracker.start_trial(t.trial_id, {"loss": {"lam": t.params["loss.lam"]}, "optim": {"lr": t.params["optim.lr"]}}, t.params)
-        tracker.log_metrics(run_ids[t.trial_id], dict(t.metrics), step=t.epochs)
-        tracker.end_run(run_ids[t.trial_id])
-    tracker.finish()
-    records = SweepRecords(**{**synthetic.__dict__, "trials": tuple(t.__class__(**{**t.__dict__, "run_id": run_ids[t.trial_id]}) for t in synthetic.trials),
-                              "tracking_uri": uri, "parent_run_id": tracker.parent_run_id, "experiment": "ui_sweep"})
+    tracker, records = tracked_records(uri, 6, "ui_sweep", str(tmp_path / "sweep"))
     analysis = analyse(records, n_boot=100)
     publish(analysis, records, write_report(analysis, tmp_path / "report")["html"].parent)
 

@@ -72,3 +72,9 @@ def test_the_stages_after_the_sweep_never_import_ray():
             seen.add(m)
             todo += [t for t in graph.get(m, ()) if t not in seen]
         assert "sweep" not in seen and "tracking" not in seen, module
+
+
+def test_every_module_has_its_own_test_module():
+    tests = Path(__file__).parent
+    modules = [p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("__")]
+    assert [m for m in sorted(modules) if not (tests / f"test_{m}.py").is_file()] == []

@@ -4,14 +4,12 @@ collapsed and Gaussian input, and under DDP (2 gloo processes == 1 process, valu
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from tiny import on_ranks
 from torch import nn
 
 from lejepa_tune.losses import LeJEPALoss, SIGReg, SpectralRegularizer, invariance
@@ -109,13 +107,29 @@ def test_invariance_centre_is_mean_of_global_views():
     assert invariance(proj, n_global=3).item() == pytest.approx(((4 + 4 / 9) + (0 + 4 / 9) + (4 + 16 / 9)) / 6)
 
 
-def test_lejepa_loss_combines_parts():
-    proj = torch.randn(2, 64, 8)
-    loss = LeJEPALoss(0.3, SIGReg(num_slices=16), n_global=2)
-    out = loss(proj, step=5)
-    assert out.loss.item() == pytest.approx(0.7 * out.invariance.item() + 0.3 * out.regularizer.item(), rel=1e-6)
-    with pytest.raises(ValueError):
-        LeJEPALoss(1.5, SIGReg(), n_global=2)
+class _ConstantRegularizer(torch.nn.Module):
+    """A regulariser of value 2 that records the steps it is called at."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def forward(self, proj, step):
+        self.steps.append(step)
+        return proj.new_tensor(2.0)
+
+
+def test_lejepa_loss_weighs_invariance_of_the_global_centre_against_the_regularizer():
+    # (V=3, N=2, K=1), global views 0 and 1: centre (1, 3); squared distances 1, 1 | 1, 1 | 0, 4.
+    proj = torch.tensor([[[0.0], [2.0]], [[2.0], [4.0]], [[1.0], [1.0]]])
+    reg = _ConstantRegularizer()
+    out = LeJEPALoss(0.25, reg, n_global=2)(proj, step=5)
+    assert out.invariance.item() == pytest.approx(8 / 6)
+    assert out.loss.item() == pytest.approx(0.75 * 8 / 6 + 0.25 * 2.0)
+    assert reg.steps == [5]  # SIGReg's slices are drawn per step
+    for lam in (1.5, -0.1, math.nan):
+        with pytest.raises(ValueError, match="lam must be in"):
+            LeJEPALoss(lam, reg, n_global=2)
 
 
 def test_spectral_regularizer_is_zero_for_white_and_log_r_for_collapse():
@@ -153,60 +167,62 @@ def _make_problem():
     return model, views
 
 
-def _loss_fn():
-    return LeJEPALoss(0.4, SIGReg(num_slices=48, seed=0), n_global=V_GLOBAL)
+def _loss_fn(regularizer: str):
+    reg = SIGReg(num_slices=48, seed=0) if regularizer == "sigreg" else SpectralRegularizer()
+    return LeJEPALoss(0.4, reg, n_global=V_GLOBAL)
 
 
-def _single_process(step: int):
+def _single_process(regularizer: str, step: int):
     model, views = _make_problem()
-    out = _loss_fn()(model(views), step)
+    out = _loss_fn(regularizer)(model(views), step)
     out.loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     return out.loss.item(), out.regularizer.item(), grads
 
 
-def _worker(rank: int, port: int, result_dir: str, step: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+def _rank_losses(step: int) -> dict:
+    """This rank's half of the batch through DDP, with each regulariser."""
+    rank = dist.get_rank()
+    results = {}
+    for regularizer in REGULARIZERS:
         model, views = _make_problem()
         ddp = nn.parallel.DistributedDataParallel(model)
         local = views[:, rank * N_PER_RANK : (rank + 1) * N_PER_RANK]
-        loss_fn = _loss_fn()
+        loss_fn = _loss_fn(regularizer)
         out = loss_fn(ddp(local), step)
         out.loss.backward()  # DDP averages the parameter gradients over ranks
         loss = out.loss.detach().clone()
         dist.all_reduce(loss)  # the reported loss: the mean over ranks
-        torch.save(
-            {
-                "loss": loss.item() / 2,
-                "local_loss": out.loss.item(),
-                "sigreg": out.regularizer.item(),
-                "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
-                "directions": loss_fn.regularizer.directions(8, step),
-            },
-            os.path.join(result_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+        results[regularizer] = {
+            "loss": loss.item() / 2,
+            "local_loss": out.loss.item(),
+            "regularizer": out.regularizer.item(),
+            "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
+        }
+    results["directions"] = SIGReg(num_slices=48, seed=0).directions(8, step)
+    return results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REGULARIZERS = ("sigreg", "spectral")
+STEP = 11
 
 
-def test_two_gloo_processes_equal_one_process_on_the_whole_batch(tmp_path):
-    step = 11
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), step), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    loss, sigreg, grads = _single_process(step)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return on_ranks(_rank_losses, tmp_path_factory.mktemp("ranks"), STEP)
 
-    assert torch.equal(ranks[0]["directions"], ranks[1]["directions"])
-    # SIGReg is a global quantity: every rank computes the same value, the whole batch's.
+
+def test_sigreg_draws_the_same_slices_on_every_rank(two_ranks):
+    assert torch.equal(two_ranks[0]["directions"], two_ranks[1]["directions"])
+
+
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+def test_two_gloo_processes_equal_one_process_on_the_whole_batch(two_ranks, regularizer):
+    ranks = [r[regularizer] for r in two_ranks]
+    loss, reg, grads = _single_process(regularizer, STEP)
+    # The regulariser is a global quantity: every rank computes the same value, the whole batch's.
     for r in ranks:
-        assert r["sigreg"] == pytest.approx(sigreg, rel=1e-5, abs=1e-6)
+        assert r["regularizer"] == pytest.approx(reg, rel=1e-5, abs=1e-6)
     # The invariance is per rank, so the local losses differ; their mean is the global loss.
     assert ranks[0]["local_loss"] != pytest.approx(ranks[1]["local_loss"], rel=1e-6)
     assert ranks[0]["loss"] == pytest.approx(loss, rel=1e-5, abs=1e-6)

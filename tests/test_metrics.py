@@ -24,9 +24,10 @@ def test_every_searchable_metric_is_label_free_and_has_a_direction():
     assert set(criterion_keys().values()) <= set(modes)
 
 
-def test_scaled_loss_is_undefined_at_lambda_zero():
-    assert scaled_loss(0.5, 0.25, 0.5) == 1.0
-    assert math.isnan(scaled_loss(0.5, 0.0, 0.4))
+def test_scaled_loss_is_undefined_where_lambda_is_not_positive():
+    assert scaled_loss(0.5, 0.25, 0.5) == 1.0  # 0.5 / √0.25
+    for lam in (0.0, -0.1, math.nan):
+        assert math.isnan(scaled_loss(0.5, lam, 0.4))
 
 
 def test_bits_pack_and_unpack():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import on_ranks
 
 from lejepa_tune.config import ModelConfig
 from lejepa_tune.models import GlobalBatchNorm1d, Projector, build_model
@@ -42,14 +43,75 @@ def test_probe_never_trains_the_backbone():
     assert all(p.grad is not None for p in model.probe.parameters())
 
 
-def test_projector_shape_and_plain_batchnorm_outside_ddp():
+def test_projector_shape():
     proj = Projector(12, [20, 24], 6)
     assert proj(torch.randn(5, 12)).shape == (5, 6)
-    bn = GlobalBatchNorm1d(3)
-    ref = torch.nn.BatchNorm1d(3)
-    x = torch.randn(8, 3)
-    torch.testing.assert_close(bn(x), ref(x))
-    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert [type(m) for m in proj] == [torch.nn.Linear, GlobalBatchNorm1d, torch.nn.ReLU] * 2 + [torch.nn.Linear]
+
+
+# Two ranks holding 5 and 3 rows of one batch; the row weights make every gradient depend on
+# every row.
+ROWS = (range(0, 5), range(5, 8))
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(8, 3, generator=g) * 2 + 1 for _ in range(2)], torch.randn(8, 3, generator=g)
+
+
+def _batchnorm_steps(momenta):
+    """Two training steps of GlobalBatchNorm1d on this rank's rows, then one in eval mode, for
+    each momentum."""
+    return {m: _batchnorm_run(m) for m in momenta}
+
+
+def _batchnorm_run(momentum):
+    from lejepa_tune.distributed import rank
+
+    steps, w = _batch()
+    bn = GlobalBatchNorm1d(3, momentum=momentum)
+    mine = ROWS[rank()]
+    out = []
+    for x in steps:
+        x = x[mine].clone().requires_grad_()
+        y = bn(x)
+        (y * w[mine]).sum().backward()
+        out.append({"y": y.detach(), "x_grad": x.grad, "weight_grad": bn.weight.grad.clone(), "bias_grad": bn.bias.grad.clone()})
+        bn.zero_grad()
+    bn.eval()
+    return {"steps": out, "running": (bn.running_mean, bn.running_var, bn.num_batches_tracked), "eval": bn(steps[0][mine]).detach()}
+
+
+@pytest.fixture(scope="module")
+def batchnorm_on_two_ranks(tmp_path_factory):
+    return on_ranks(_batchnorm_steps, tmp_path_factory.mktemp("ranks"), (0.1, None))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_batchnorm_under_ddp_is_batchnorm_of_the_global_batch(batchnorm_on_two_ranks, momentum):
+    """Outputs, gradients and running statistics of 2 ranks equal nn.BatchNorm1d's on the
+    concatenated batch (a rank's parameter gradients are its share of the sum, as DDP sums them)."""
+    ranks = [r[momentum] for r in batchnorm_on_two_ranks]
+    steps, w = _batch()
+    ref = torch.nn.BatchNorm1d(3, momentum=momentum)
+    for i, x in enumerate(steps):
+        x = x.clone().requires_grad_()
+        y = ref(x)
+        (y * w).sum().backward()
+        for r, rows in enumerate(ROWS):
+            got = ranks[r]["steps"][i]
+            torch.testing.assert_close(got["y"], y.detach()[rows])
+            torch.testing.assert_close(got["x_grad"], x.grad[rows])
+        torch.testing.assert_close(sum(ranks[r]["steps"][i]["weight_grad"] for r in range(2)), ref.weight.grad)
+        torch.testing.assert_close(sum(ranks[r]["steps"][i]["bias_grad"] for r in range(2)), ref.bias.grad)
+        ref.zero_grad()
+    ref.eval()
+    for r, rows in enumerate(ROWS):
+        mean, var, tracked = ranks[r]["running"]
+        torch.testing.assert_close(mean, ref.running_mean)
+        torch.testing.assert_close(var, ref.running_var)
+        assert tracked == ref.num_batches_tracked == 2
+        torch.testing.assert_close(ranks[r]["eval"], ref(steps[0][rows]).detach())
 
 
 def test_unknown_backbone_and_bad_kwargs_name_the_key():

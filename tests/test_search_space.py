@@ -157,35 +157,3 @@ def test_shipped_search_spaces_validate(capsys):
         if code == 2 and "base.data.dataset: 'hf:" in err and "nor in the Hugging Face cache" in err:
             continue
         assert code == 0, err
-
-
-def test_the_tune_space_becomes_the_declared_optuna_distributions(tmp_path):
-    from ray.tune.search.optuna import OptunaSearch
-
-    from lejepa_tune.sweep import _param_space
-
-    spec = load_sweep_spec(write(tmp_path, GOOD))
-    converted = OptunaSearch.convert_search_space(_param_space(spec))
-    assert converted == {k: d.to_optuna() for k, d in spec.search.items()}
-
-
-def test_asha_and_resources_follow_the_spec(tmp_path):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from lejepa_tune.sweep import _concurrency, _scheduler, resolve_resources
-
-    spec = load_sweep_spec(write(tmp_path, GOOD), ["train.epochs=6", "tune.grace_period=2", "tune.reduction_factor=3"])
-    asha = _scheduler(spec)
-    assert isinstance(asha, ASHAScheduler)
-    assert isinstance(_scheduler(load_sweep_spec(write(tmp_path, "name: s\n", "plain.yaml"))), FIFOScheduler)
-    # gpus_per_worker: auto is decided from what the cluster holds when the trial starts.
-    assert resolve_resources(spec, {"CPU": 16}) == (1.0, 0.0)
-    assert resolve_resources(spec, {"CPU": 16, "GPU": 4}) == (1.0, 1.0)
-    # 2 workers x 1 CPU per trial: 16 CPUs hold 8 trials; with 4 GPUs, 2 trials of 2 GPU workers.
-    assert _concurrency(spec, {"CPU": 16}) == 8
-    assert _concurrency(spec, {"CPU": 16, "GPU": 4}) == 2
-    assert _concurrency(spec, {"CPU": 1}) == 1
-    # Fractional GPUs: two 1-worker trials share one GPU.
-    half = load_sweep_spec(write(tmp_path, "name: s\nresources: {gpus_per_worker: 0.5}\n", "half.yaml"))
-    assert resolve_resources(half, {"CPU": 8, "GPU": 1}) == (1.0, 0.5)
-    assert _concurrency(half, {"CPU": 8, "GPU": 1}) == 2

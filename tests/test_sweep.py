@@ -16,18 +16,17 @@ import timm
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from lejepa_tune.cli import main
 from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import LOSS, OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
-from lejepa_tune.sweep import run_sweep
+from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, run_sweep
 from lejepa_tune.train import LocalSink, train
 from tiny import TINY_BASE, stop_tree
-
-pytestmark = pytest.mark.slow
-
 
 def write_space(tmp_path, name, search, tune=None, resources=None, base=None):
     path = tmp_path / f"{name}.yaml"
@@ -35,6 +34,43 @@ def write_space(tmp_path, name, search, tune=None, resources=None, base=None):
     return path
 
 
+SPACE = {
+    "name": "s",
+    "base": {"train": {"epochs": 6}},
+    "search": {
+        "loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5},
+        "optim.lr": {"type": "uniform", "low": 0.0005, "high": 0.005},
+        "model.proj_dim": {"type": "qint", "low": 16, "high": 64, "step": 16},
+        "views.n_global": {"type": "choice", "values": [2, 4]},
+        "eval.knn_k": {"type": "int", "low": 10, "high": 20},
+    },
+    "tune": {"scheduler": "asha", "grace_period": 2, "reduction_factor": 3},
+    "resources": {"num_workers": 2, "cpus_per_worker": 1},
+}
+
+
+def test_the_tune_space_becomes_the_declared_optuna_distributions():
+    spec = sweep_spec_from_dict(SPACE)
+    converted = OptunaSearch.convert_search_space(_param_space(spec))
+    assert converted == {k: d.to_optuna() for k, d in spec.search.items()}
+
+
+def test_the_scheduler_and_the_concurrency_follow_the_spec():
+    spec = sweep_spec_from_dict(SPACE)
+    asha = _scheduler(spec)
+    # Its rungs: trials are compared after 2 epochs (the grace period), then after 2 x 3.
+    assert isinstance(asha, ASHAScheduler) and [epoch for epoch, _ in asha._brackets[0]._rungs] == [6, 2]
+    assert isinstance(_scheduler(sweep_spec_from_dict({"name": "s"})), FIFOScheduler)
+    # 2 workers x 1 CPU per trial: 16 CPUs hold 8 trials; with 4 GPUs, 2 trials of 2 GPU workers.
+    assert _concurrency(spec, {"CPU": 16}) == 8
+    assert _concurrency(spec, {"CPU": 16, "GPU": 4}) == 2
+    assert _concurrency(spec, {"CPU": 1}) == 1
+    # Fractional GPUs: two 1-worker trials share one GPU.
+    half = sweep_spec_from_dict({"name": "s", "resources": {"gpus_per_worker": 0.5}})
+    assert _concurrency(half, {"CPU": 8, "GPU": 1}) == 2
+
+
+@pytest.mark.slow
 def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path, "two_trials", {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}, {"num_samples": 2, "seed": 0})
@@ -87,6 +123,7 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
     assert model.num_features == 48 and model(torch.randn(2, 3, 32, 32)).shape == (2, 48)
 
 
+@pytest.mark.slow
 def test_a_two_worker_trial_computes_what_one_process_computes(local_ray, tmp_path):
     """DDP end to end: a 2-rank trial (gloo) reports the loss of the same config trained in
     one process, since SIGReg and the projector's BatchNorm see the global batch."""
@@ -103,6 +140,7 @@ def test_a_two_worker_trial_computes_what_one_process_computes(local_ray, tmp_pa
     assert trial.metrics[OBJECTIVE] == pytest.approx(single[OBJECTIVE], rel=2e-2)
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
     spec = sweep_spec_from_dict({
         "name": "diverging",
@@ -136,6 +174,7 @@ def another_ray():
     stop_tree(proc.pid)
 
 
+@pytest.mark.slow
 def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_ray, tmp_path):
     """ASHA on the objective: the second trial, below the first at the first rung, is stopped
     there; its run holds what it did; and the CPUs its Train workers held come back. Ray Train

@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,19 +20,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from lejepa_tune.cli import main
-from tiny import TINY_BASE, stop_tree
+from tiny import TINY_BASE, free_port, stop_tree
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(INITDB[-1] is None, reason="PostgreSQL is not installed (apt-get install postgresql)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_postgres(cmd: list[str]) -> list[str]:

@@ -1,10 +1,14 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
-few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run trained the way a trial's worker trains it, and a way
-to stop a server with everything it started."""
+few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run
+trained the way a trial's worker trains it, a function run on two real gloo ranks, and a way to
+stop a server with everything it started."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+import os
+import socket
 
 import numpy as np
 import torch
@@ -51,6 +55,24 @@ def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> Swe
     return SweepRecords(name, spec, tuple(trials), "/nonexistent/sweep")
 
 
+def tracked_records(uri: str, n: int, name: str, sweep_dir: str):
+    """``synthetic_records(n)`` logged to MLflow at ``uri`` as a sweep logs them (a parent run,
+    one child per trial with its config, params and metrics); returns the tracker and the
+    records that point at those runs."""
+    from lejepa_tune.tracking import SweepTracker
+
+    synthetic = synthetic_records(n, name=name)
+    tracker = SweepTracker(uri, name, f"{name}_1", sweep_dir)
+    run_ids = {}
+    for t in synthetic.trials:
+        run_ids[t.trial_id] = tracker.start_trial(t.trial_id, {"loss": {"lam": t.params["loss.lam"]}, "optim": {"lr": t.params["optim.lr"]}}, t.params)
+        tracker.log_metrics(run_ids[t.trial_id], dict(t.metrics), step=t.epochs)
+        tracker.end_run(run_ids[t.trial_id])
+    tracker.finish()
+    trials = tuple(replace(t, run_id=run_ids[t.trial_id]) for t in synthetic.trials)
+    return tracker, replace(synthetic, trials=trials, tracking_uri=uri, parent_run_id=tracker.parent_run_id, experiment=name, elapsed_s=12.5)
+
+
 def stop_tree(pid: int) -> None:
     """Kills a process and every process it started (MLflow's server starts job consumers in
     sessions of their own, which a process-group kill would miss)."""
@@ -76,3 +98,29 @@ def train_like_a_worker(cfg) -> dict:
         return train(cfg, LocalSink(cfg, verbose=False))
     finally:
         torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, out: str, fn, args) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.save(fn(*args), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def on_ranks(fn, tmp_dir, *args, world: int = 2) -> list:
+    """``fn(*args)`` run in ``world`` spawned processes forming one gloo process group (``fn``
+    a module-level function, its result saved with ``torch.save``); the results, by rank."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(world, free_port(), str(tmp_dir), fn, args), nprocs=world, join=True)
+    return [torch.load(os.path.join(tmp_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]

@@ -1,0 +1,67 @@
+"""The checks made before a sweep or a run starts: against timm and the data, for every trial a
+sweep can run (the corners of its searched ranges), each error one line naming file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from lejepa_tune.config import ConfigError, config_from_dict
+from lejepa_tune.data import DatasetError
+from lejepa_tune.preflight import check_sweep, check_trainable
+from lejepa_tune.search_space import sweep_spec_from_dict
+
+DATA = {"max_train_samples": 100, "max_val_samples": 20}
+
+
+def spec(search, base=None):
+    return sweep_spec_from_dict({"name": "s", "base": {"data": DATA, "train": {"batch_size": 32}, "labelfree": {"num_images": 64}, **(base or {})},
+                                 "search": search}, source="space.yaml")
+
+
+def test_a_trainable_config_gets_its_splits_built_once_per_data_config():
+    built = {}
+    cfg = config_from_dict({"data": DATA, "train": {"batch_size": 32}, "labelfree": {"num_images": 64}})
+    splits = check_trainable(cfg, built)
+    assert (len(splits.train), len(splits.val)) == (100, 20)
+    assert check_trainable(config_from_dict({"data": DATA, "train": {"batch_size": 100}, "labelfree": {"num_images": 64}}), built) is splits
+    assert list(built) == [cfg.data]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.backbone", "vit_nonexistent", "model.backbone: 'vit_nonexistent' is not a timm model (see timm.list_models())"),
+    ("train.batch_size", 101, "train.batch_size: 101 exceeds the 100 training images of 'digits' (data.max_train_samples: 100)"),
+    ("labelfree.num_images", 128, "labelfree.num_images: 128 exceeds the 100 training images of 'digits' (data.max_train_samples: 100)"),
+])
+def test_an_untrainable_config_is_one_line_naming_its_key(key, value, message):
+    section, name = key.split(".")
+    cfg = config_from_dict({"data": DATA, "train": {"batch_size": 32}, "labelfree": {"num_images": 64}, section: {name: value}})
+    with pytest.raises(ConfigError) as err:
+        check_trainable(cfg)
+    assert str(err.value) == message
+
+
+def test_missing_data_is_a_dataset_error_naming_its_key(tmp_path):
+    cfg = config_from_dict({"data": {"dataset": f"folder:{tmp_path / 'nowhere'}"}})
+    with pytest.raises(DatasetError, match=r"^data\.dataset: "):
+        check_trainable(cfg)
+
+
+def test_every_corner_of_a_sweep_is_checked():
+    check_sweep(spec({"train.batch_size": {"type": "choice", "values": [32, 100]}}))
+    # Only the largest batch with the smallest data cap fails: one corner of four.
+    corner = spec({"train.batch_size": {"type": "choice", "values": [16, 64]},
+                   "data.max_train_samples": {"type": "choice", "values": [50, 200]}}, base={"labelfree": {"num_images": 32}})
+    with pytest.raises(ConfigError) as err:
+        check_sweep(corner)
+    assert str(err.value) == "space.yaml: search.train.batch_size: 64 exceeds the 50 training images of 'digits' (data.max_train_samples: 50)"
+
+
+def test_a_base_key_failing_in_some_trials_names_the_searched_keys_behind_it():
+    # The base's label-free set of 64 images does not fit the 50 images of one searched value,
+    # which the message already names; a searched image size it does not name is added.
+    with pytest.raises(ConfigError) as err:
+        check_sweep(spec({"data.max_train_samples": {"type": "choice", "values": [50, 200]},
+                          "data.image_size": {"type": "choice", "values": [16, 32]}}))
+    message = str(err.value)
+    assert message.startswith("space.yaml: base.labelfree.num_images: 64 exceeds the 50 training images")
+    assert message.endswith(" (in trials with data.image_size=16)")

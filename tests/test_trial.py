@@ -1,0 +1,55 @@
+"""A trial's pieces that need no running trial: where its run keeps its checkpoints, what a
+finished run's storage says about it (a resumed sweep's trial that already finished does not
+train again), and the resources a trial asks for when it starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lejepa_tune.metrics import EPOCH, LOSS
+from lejepa_tune.search_space import sweep_spec_from_dict
+from lejepa_tune.trial import CHECKPOINT_PATH, finished_run, resolve_resources, trial_output_dir
+
+
+def checkpoint(run_dir, index: int, epoch: int | None) -> str:
+    """A checkpoint directory as Ray Train writes it; ``epoch=None`` is one still being written
+    (no metrics yet)."""
+    path = run_dir / f"checkpoint_{index:06d}"
+    path.mkdir(parents=True)
+    if epoch is not None:
+        (path / "metrics.json").write_text(json.dumps({EPOCH: epoch, LOSS: 1.0 / epoch}))
+    return str(path)
+
+
+def test_a_trials_run_lives_under_the_sweeps_train_directory():
+    assert trial_output_dir("/runs/s", "ab12") == "/runs/s/train/train-ab12"
+    assert trial_output_dir("s3://bucket/runs/s", "ab12") == "s3://bucket/runs/s/train/train-ab12"
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_a_run_is_finished_when_its_latest_checkpoint_is_of_the_last_epoch(tmp_path, as_uri):
+    run = tmp_path / "train-t1"
+    where = f"file://{run}" if as_uri else str(run)
+    assert finished_run(where, 2) is None  # nothing written yet
+    checkpoint(run, 0, 1)
+    assert finished_run(where, 2) is None  # one epoch of two
+    last = checkpoint(run, 1, 2)
+    assert finished_run(where, 2) == {EPOCH: 2, LOSS: 0.5, CHECKPOINT_PATH: last}
+    # A checkpoint the driver's death cut short is passed over for the one before it.
+    checkpoint(run, 2, None)
+    assert finished_run(where, 2)[CHECKPOINT_PATH] == last
+    assert finished_run(where, 3) is None  # the run was asked for more epochs
+
+
+def test_resources_are_resolved_from_the_cluster_when_the_trial_starts():
+    auto = sweep_spec_from_dict({"name": "s", "resources": {"num_workers": 2, "cpus_per_worker": 2}})
+    assert resolve_resources(auto, {"CPU": 16}) == (2.0, 0.0)
+    # GPUs that joined the cluster after the sweep began (an autoscaler's nodes) are used.
+    assert resolve_resources(auto, {"CPU": 16, "GPU": 4}) == (2.0, 1.0)
+    # An explicit count, fractional or none, is kept whatever the cluster holds.
+    half = sweep_spec_from_dict({"name": "s", "resources": {"gpus_per_worker": 0.5}})
+    assert resolve_resources(half, {"CPU": 8, "GPU": 1}) == (1.0, 0.5)
+    cpu = sweep_spec_from_dict({"name": "s", "resources": {"gpus_per_worker": 0}})
+    assert resolve_resources(cpu, {"CPU": 8, "GPU": 1}) == (1.0, 0.0)
