@@ -146,7 +146,7 @@ def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
         "name": "diverging",
         "base": {**TINY_BASE, "optim": {"warmup_epochs": 0}},
         "search": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e30}},
-        "tune": {"num_samples": 2, "points_to_evaluate": [{"optim.lr": 1e30}, {"optim.lr": 1e-3}], "max_concurrent_trials": 1},
+        "tune": {"num_samples": 2, "points_to_evaluate": [{"optim.lr": 1e30}, {"optim.lr": 1e-3}], "max_concurrent_trials": 2},
     })
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=uri, include_dashboard=False, verbose=0)

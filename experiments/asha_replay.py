@@ -1,0 +1,127 @@
+"""ASHA's settings, replayed: the learning curves of a FIFO sweep (every trial trained to the
+end) run again through Ray Tune's own ASHA bracket (``ray.tune.schedulers.async_hyperband``), at
+several grace periods and reduction factors, with the sweep's concurrency and each trial's
+measured start-up and epoch times. For each setting: the trial-epochs ASHA would have trained,
+the trials it would have let finish, and the regret of its label-free pick against the best of
+*all* the sweep's trials trained to the end (a stricter regret than a real ASHA run can report,
+since it never sees the stopped trials' final accuracy).
+
+It reads the FIFO sweeps ``experiments/asha.py`` wrote (their records and per-epoch objective in
+the MLflow store of the same directory)::
+
+    python experiments/asha.py --output-dir DIR            # the FIFO (and ASHA) sweeps
+    python experiments/asha_replay.py --output-dir DIR     # this table
+    python experiments/asha_replay.py --smoke-test         # a synthetic sweep, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
+from lejepa_tune.records import read_records
+from lejepa_tune.report import format_table
+
+SETTINGS = [(1, 2), (1, 3), (1, 4), (1, 8), (2, 2), (2, 3)]  # (grace period, reduction factor)
+
+
+class _Trial:  # what _Bracket reads of a trial
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+
+def curves_from_mlflow(root: Path, name: str, records) -> list[dict]:
+    """Per trial, in the order Tune started them: the objective after each epoch and the seconds
+    from the trial's start to each report."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], "tags.`lejepa_tune.role` = 'trial'", order_by=["attributes.start_time ASC"], max_results=1000)
+    reference = {t.trial_id: t.metrics.get(REFERENCE_ACC, math.nan) for t in records.trials}
+    out = []
+    for run in runs:
+        history = sorted(client.get_metric_history(run.info.run_id, OBJECTIVE), key=lambda m: m.step)
+        times = [m.timestamp / 1000 - run.info.start_time / 1000 for m in history]
+        out.append({"objective": [m.value for m in history], "at": times, "reference": reference[run.data.tags["lejepa_tune.trial_id"]]})
+    return out
+
+
+def replay(curves: list[dict], grace: int, rf: float, epochs: int, slots: int) -> dict:
+    """Tune's loop, reduced to what ASHA decides: ``slots`` trials at a time, each report handed
+    to ASHA's bracket, a stopped or finished trial's slot given to the next trial."""
+    bracket = _Bracket(grace, epochs, rf, 0)
+    trials = [_Trial(str(i)) for i in range(len(curves))]
+    waiting, running, trained, finished = list(range(len(curves))), [], {}, []
+
+    def start(i: int, now: float) -> None:
+        heapq.heappush(running, (now + curves[i]["at"][0], i, 1, now))
+
+    for _ in range(slots):
+        if waiting:
+            start(waiting.pop(0), 0.0)
+    now = 0.0
+    while running:
+        now, i, epoch, started = heapq.heappop(running)
+        trained[i] = epoch
+        if epoch >= epochs:
+            finished.append(i)
+        elif bracket.on_result(trials[i], epoch, curves[i]["objective"][epoch - 1]) != TrialScheduler.STOP:
+            heapq.heappush(running, (started + curves[i]["at"][epoch], i, epoch + 1, started))
+            continue
+        if waiting:
+            start(waiting.pop(0), now)
+    pick = max(finished, key=lambda i: curves[i]["objective"][-1])
+    best = max(c["reference"] for c in curves)
+    return {"trial_epochs": sum(trained.values()), "finished": len(finished), "regret": best - curves[pick]["reference"], "minutes": now / 60}
+
+
+def synthetic(n: int = 12, epochs: int = 4, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        quality, speed = rng.uniform(0, 1), rng.uniform(0.3, 1)
+        objective = [quality * (1 - math.exp(-speed * (e + 1))) + rng.normal(0, 0.02) for e in range(epochs)]
+        out.append({"objective": objective, "at": list(np.cumsum(rng.uniform(5, 10, epochs)) + 10), "reference": quality})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=None, help="an output directory of experiments/asha.py")
+    parser.add_argument("--slots", type=int, default=2, help="trials at a time, as in the sweeps")
+    parser.add_argument("--smoke-test", action="store_true")
+    args = parser.parse_args()
+    sweeps = {}
+    if args.smoke_test:
+        sweeps["synthetic"] = (synthetic(), 4)
+    else:
+        root = Path(args.output_dir)
+        for path in sorted((root / "sweeps").glob("full_none_seed*/records.json")):
+            records = read_records(str(path))
+            sweeps[records.name] = (curves_from_mlflow(root, records.name, records), max(t.epochs for t in records.trials))
+    rows, results = [], {}
+    for name, (curves, epochs) in sweeps.items():
+        full = len(curves) * epochs
+        fifo = max(range(len(curves)), key=lambda i: curves[i]["objective"][-1])
+        fifo_regret = max(c["reference"] for c in curves) - curves[fifo]["reference"]
+        rows.append([name, "FIFO", full, "100%", len(curves), 100 * fifo_regret])
+        for grace, rf in SETTINGS:
+            r = replay(curves, grace, rf, epochs, args.slots)
+            results[f"{name} grace={grace} rf={rf}"] = r
+            rows.append([name, f"ASHA grace {grace}, rf {rf}", r["trial_epochs"], f"{r['trial_epochs'] / full:.0%}", r["finished"], 100 * r["regret"]])
+    if args.output_dir:
+        (Path(args.output_dir) / "replay.json").write_text(json.dumps(results, indent=2))
+    print(format_table(["FIFO sweep", "replayed as", "trial-epochs", "of all", "finished", "regret vs all (points)"], rows))
+
+
+if __name__ == "__main__":
+    main()
