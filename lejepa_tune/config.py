@@ -122,10 +122,11 @@ class DataConfig:
     # Optional caps (e.g. for smoke tests); ``null`` means the whole split.
     max_train_samples: int | None = field(default=None, metadata=_check(lambda v: v is None or v > 0, "null or an integer > 0"))
     max_val_samples: int | None = field(default=None, metadata=_check(lambda v: v is None or v > 0, "null or an integer > 0"))
-    # DataLoader processes that decode images (only when ``in_memory`` is false).
+    # DataLoader processes that decode images (``lejepa-tune train`` with ``in_memory`` false).
     num_workers: int = field(default=0, metadata=_check(_non_negative, "an integer >= 0"))
-    # Decode every image once into one uint8 tensor (fast; the default). ``false`` decodes
-    # batches on the fly in ``num_workers`` processes, for datasets larger than memory.
+    # Decode every image once into one uint8 tensor (fast; the default). ``false``, for
+    # datasets larger than memory, decodes batches on the fly: streamed by Ray Data in a sweep,
+    # in ``num_workers`` DataLoader processes under ``lejepa-tune train``.
     in_memory: bool = True
 
 

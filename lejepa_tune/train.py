@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
@@ -44,6 +44,7 @@ from .views import MultiViews, build_views, eval_views
 __all__ = [
     "TrainingDiverged",
     "Sink",
+    "Stream",
     "LocalSink",
     "lr_factor",
     "epoch_batches",
@@ -83,6 +84,12 @@ class Sink(Protocol):
     def report(self, metrics: dict[str, float | str], checkpoint: Path | None) -> None: ...
 
     def progress(self, batches: Iterable, total: int, epoch: int) -> Iterable: ...
+
+
+# A source of the training batches other than the split itself (Ray Data, in a sweep over data
+# that is not held in memory): ``(epoch, per_rank, steps) -> steps batches of per_rank
+# (images uint8 (B, 3, H, W), labels (B,))``, this rank's share of the epoch's global batches.
+Stream = Callable[[int, int, int], Iterable[tuple[Tensor, Tensor]]]
 
 
 class LocalSink:
@@ -229,11 +236,15 @@ class _Run:
     model: LeJEPAModel
     views: MultiViews
     lfset: LabelFreeSet
+    stream: Stream | None = None
 
 
-def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = None, data: DataSplits | None = None) -> dict[str, float | str]:
+def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = None, data: DataSplits | None = None,
+          stream: Stream | None = None) -> dict[str, float | str]:
     """Trains LeJEPA as configured; returns the last epoch's metrics (with ``eval/*`` after the
-    last epoch when ``eval.enabled``). ``data`` (the decoded splits) saves loading them again.
+    last epoch when ``eval.enabled``). ``data`` (the decoded splits) saves loading them again;
+    ``stream`` (with ``data.in_memory: false``) supplies the training batches instead of the
+    split, which still gives the label-free set and the evaluation.
 
     Every epoch, on every rank, ``sink.report(metrics, checkpoint)`` gets the same metrics
     (means over ranks). With ``train.epochs = 0`` the untrained model is measured once.
@@ -249,7 +260,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
     run = _Run(
         cfg, device, autocast_dtype(cfg.train.precision, device), rank, world, splits, train_set,
         build_model(cfg.model, splits.num_classes).to(device), build_views(cfg.views),
-        LabelFreeSet(train_set, cfg.labelfree, cfg.views),
+        LabelFreeSet(train_set, cfg.labelfree, cfg.views), stream,
     )
     model = run.model
     criterion = build_loss(cfg).to(device)
@@ -320,6 +331,14 @@ def _batches(run: _Run, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
     """``(images uint8 (B, 3, H, W), labels (B,))`` on the device, for each step of ``epoch``."""
     cfg = run.cfg
     index = epoch_batches(len(run.train_set), cfg.train.batch_size, run.world, run.rank, cfg.train.seed, epoch)
+    if run.stream is not None:
+        taken = 0
+        for images, labels in run.stream(epoch, index.shape[1], index.shape[0]):
+            taken += 1
+            yield images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        if taken != index.shape[0]:  # the other ranks would wait for this one's collectives
+            raise RuntimeError(f"the data stream of rank {run.rank} gave {taken} batches in epoch {epoch + 1}, not {index.shape[0]}")
+        return
     if isinstance(run.train_set, TensorImages):
         images, labels = run.train_set.images, run.train_set.labels
         for rows in index:

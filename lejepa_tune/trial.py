@@ -22,9 +22,11 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY as CHECKPOINT_PAT
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from .config import config_to_dict
+from .data import build_datasets
 from .metrics import EPOCH
 from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
+from .streaming import TRAIN, split_dataset
 from .worker import train_worker
 
 __all__ = ["trial_output_dir", "finished_run", "resolve_resources", "trial_driver"]
@@ -77,8 +79,11 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
         ray.tune.report(finished)
         return
     cpus, gpus = resolve_resources(spec, ray.cluster_resources())
+    # Data not held in memory is streamed to the workers by Ray Data, decoded where Ray runs it.
+    streamed = None if cfg.data.in_memory else {TRAIN: split_dataset(build_datasets(cfg.data).train)}
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
+        datasets=streamed,
         train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus, "data": data, "started_at": started_at},
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.resources.num_workers, use_gpu=gpus > 0,

@@ -17,9 +17,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from .config import config_from_dict
+from .config import Config, config_from_dict
 from .metrics import DIVERGED, EPOCH, label_free_modes
-from .train import TrainingDiverged, train
+from .streaming import TRAIN, epoch_stream
+from .train import Stream, TrainingDiverged, stream_seed, train
 
 __all__ = ["RaySink", "train_worker"]
 
@@ -67,6 +68,16 @@ def _quiet_ray_train() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _ray_data_stream(cfg: Config) -> Stream | None:
+    """This worker's share of the training split streamed by Ray Data, which the trial passes
+    when the data is not held in memory (see :mod:`lejepa_tune.streaming`)."""
+    if cfg.data.in_memory:
+        return None
+    shard = ray.train.get_dataset_shard(TRAIN)
+    rank = ray.train.get_context().get_world_rank()
+    return lambda epoch, per_rank, steps: epoch_stream(shard, per_rank, steps, stream_seed(cfg.train.seed, epoch, rank))
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: one rank of the trial's DDP training."""
     _quiet_ray_train()
@@ -78,7 +89,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     shared = loop_config["data"]["ref"]  # the sweep's decoded dataset, from the object store
     sink = RaySink(loop_config["started_at"])
     try:
-        train(cfg, sink, device=device, data=ray.get(shared) if shared is not None else None)
+        train(cfg, sink, device=device, data=ray.get(shared) if shared is not None else None, stream=_ray_data_stream(cfg))
     except TrainingDiverged as err:
         # A diverged run ends here, reported, not retried: resuming from the last checkpoint
         # with the same seed would diverge again. The sweep goes on.
