@@ -10,7 +10,7 @@ It reads the FIFO sweeps ``experiments/asha.py`` wrote (their records and per-ep
 the MLflow store of the same directory)::
 
     python experiments/asha.py --output-dir DIR            # the FIFO (and ASHA) sweeps
-    python experiments/asha_replay.py --output-dir DIR     # this table
+    python experiments/asha_replay.py --output-dir DIR [DIR ...]   # this table
     python experiments/asha_replay.py --smoke-test         # a synthetic sweep, for CI
 """
 
@@ -96,7 +96,7 @@ def synthetic(n: int = 12, epochs: int = 4, seed: int = 0) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=None, help="an output directory of experiments/asha.py")
+    parser.add_argument("--output-dir", nargs="+", default=[], help="output directories of experiments/asha.py")
     parser.add_argument("--slots", type=int, default=2, help="trials at a time, as in the sweeps")
     parser.add_argument("--smoke-test", action="store_true")
     args = parser.parse_args()
@@ -104,10 +104,10 @@ def main() -> None:
     if args.smoke_test:
         sweeps["synthetic"] = (synthetic(), 4)
     else:
-        root = Path(args.output_dir)
-        for path in sorted((root / "sweeps").glob("full_none_seed*/records.json")):
-            records = read_records(str(path))
-            sweeps[records.name] = (curves_from_mlflow(root, records.name, records), max(t.epochs for t in records.trials))
+        for root in map(Path, args.output_dir):
+            for path in sorted((root / "sweeps").glob("full_none_seed*/records.json")):
+                records = read_records(str(path))
+                sweeps[records.name] = (curves_from_mlflow(root, records.name, records), max(t.epochs for t in records.trials))
     rows, results = [], {}
     for name, (curves, epochs) in sweeps.items():
         full = len(curves) * epochs
@@ -119,7 +119,7 @@ def main() -> None:
             results[f"{name} grace={grace} rf={rf}"] = r
             rows.append([name, f"ASHA grace {grace}, rf {rf}", r["trial_epochs"], f"{r['trial_epochs'] / full:.0%}", r["finished"], 100 * r["regret"]])
     if args.output_dir:
-        (Path(args.output_dir) / "replay.json").write_text(json.dumps(results, indent=2))
+        (Path(args.output_dir[0]) / "replay.json").write_text(json.dumps(results, indent=2))
     print(format_table(["FIFO sweep", "replayed as", "trial-epochs", "of all", "finished", "regret vs all (points)"], rows))
 
 
