@@ -45,10 +45,11 @@ def main() -> None:
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of the space for every run")
+    parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: start one on this machine)")
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_asha_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    init_ray(logging_level="ERROR", log_to_driver=False)
+    init_ray(address=args.address, logging_level="ERROR", log_to_driver=False)
     rows, results = [], {}
     for seed in args.seeds[:1] if args.smoke_test else args.seeds:
         for scheduler in ("asha",) if args.smoke_test else ("none", "asha"):

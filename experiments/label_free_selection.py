@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true", help="one tiny sweep of 2 trials, for CI")
     parser.add_argument("--output-dir", default=None, help="sweeps, MLflow database and results.json (default: a temporary directory)")
     parser.add_argument("--analyse-only", action="store_true", help="re-score the sweeps already in --output-dir, without running them")
+    parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: start one on this machine)")
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_selection_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ def main() -> None:
 
     results = {}
     if not args.analyse_only:
-        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=args.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     for name in names:
         for seed in seeds:
             key = f"{name}_seed{seed}"

@@ -114,11 +114,15 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: start one on this machine)")
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_startup_"))
     smoke = ["data.max_train_samples=256", "data.max_val_samples=60", "labelfree.num_images=64"] if args.smoke_test else []
     rows = [[f"import {m} (fresh process)", import_seconds(m)] for m in (IMPORTS[-1:] if args.smoke_test else IMPORTS)]
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    if args.address:
+        ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ready, loaded = actor_seconds()
     rows += [["a new Ray actor answers", ready], ["... and has imported lejepa_tune.trial", loaded]]
     rows += [[k, v] for k, v in setup_seconds([*smoke, "train.epochs=1", "eval.enabled=false", f"train.output_dir={root / 'setup'}"]).items()]
