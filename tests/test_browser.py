@@ -22,7 +22,8 @@ from lejepa_tune.pipeline import publish
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
-from tiny import free_port, stop_tree, synthetic_records, tracked_records
+from ranks import free_port
+from tiny import stop_tree, synthetic_records, tracked_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import on_ranks
+from ranks import on_ranks
 
 from lejepa_tune import distributed as D
 

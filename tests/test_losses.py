@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from tiny import on_ranks
+from ranks import on_ranks
 from torch import nn
 
 from lejepa_tune.losses import LeJEPALoss, SIGReg, SpectralRegularizer, invariance

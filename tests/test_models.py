@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import on_ranks
+from ranks import on_ranks
 
 from lejepa_tune.config import ModelConfig
 from lejepa_tune.models import GlobalBatchNorm1d, Projector, build_model

@@ -20,7 +20,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from lejepa_tune.cli import main
-from tiny import TINY_BASE, free_port, stop_tree
+from ranks import free_port
+from tiny import TINY_BASE, stop_tree
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
 pytestmark = [

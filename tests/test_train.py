@@ -16,7 +16,8 @@ from lejepa_tune.config import load_config
 from lejepa_tune.models import build_model
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, unpack_bits
 from lejepa_tune.train import LocalSink, TrainingDiverged, autocast_dtype, epoch_batches, lr_factor, resolve_device, train
-from tiny import TINY, free_port
+from ranks import free_port
+from tiny import TINY
 
 
 def tiny_config(tmp_path, *extra):
