@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .analysis import SweepAnalysis, agreement_rows
-from .metrics import LINEAR_ACC, OBJECTIVE, REFERENCE_ACC
+from .metrics import LINEAR_ACC, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, short_name, trial_label
 from .search_space import Distribution
 

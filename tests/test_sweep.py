@@ -28,6 +28,7 @@ from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, run_sweep
 from lejepa_tune.train import LocalSink, train
 from tiny import TINY_BASE, stop_tree
 
+
 def write_space(tmp_path, name, search, tune=None, resources=None, base=None):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "base": {**TINY_BASE, **(base or {})}, "search": search, "tune": tune or {}, "resources": resources or {}}))
