@@ -10,6 +10,7 @@ own side is :mod:`lejepa_tune.worker`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Mapping
 
@@ -29,7 +30,11 @@ from .search_space import SweepSpec, trial_config
 from .streaming import TRAIN, split_dataset
 from .worker import train_worker
 
-__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "trial_driver"]
+__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "trial_driver"]
+
+# Ray Train's switch for its preemption watcher, read in the process that starts the run and
+# passed on to the run's controller.
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:
@@ -64,6 +69,16 @@ def resolve_resources(spec: SweepSpec, cluster: Mapping[str, float]) -> tuple[fl
     return float(res.cpus_per_worker), float(gpus)
 
 
+def skip_preemption_watcher(alive_nodes: int) -> None:
+    """Leaves Ray Train's preemption watcher out of this process's runs on a one-node cluster.
+
+    The watcher is one more actor (a process, with its imports) per run, which polls for other
+    nodes being drained; a one-node cluster has none to drain, and two trials starting together
+    on a small machine compete for its cores. Where the user set the variable, it stays."""
+    if alive_nodes == 1:
+        os.environ.setdefault(PREEMPTION_WATCHER, "0")
+
+
 def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:
     """The Tune function trainable: turns Tune's sample into a config and launches the
     ``TorchTrainer`` that trains it; metrics reach Tune through ``TuneReportCallback``."""
@@ -79,6 +94,7 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
         ray.tune.report(finished)
         return
     cpus, gpus = resolve_resources(spec, ray.cluster_resources())
+    skip_preemption_watcher(sum(1 for node in ray.nodes() if node["Alive"]))
     # Data not held in memory is streamed to the workers by Ray Data, decoded where Ray runs it.
     streamed = None if cfg.data.in_memory else {TRAIN: split_dataset(build_datasets(cfg.data).train)}
     trainer = ray.train.torch.TorchTrainer(

@@ -1,5 +1,9 @@
 """What every Ray Train worker of a trial runs: one DDP rank of :func:`lejepa_tune.train.train`,
-with a :class:`RaySink` that reports to Ray Train and resumes from its checkpoints."""
+with a :class:`RaySink` that reports to Ray Train and resumes from its checkpoints.
+
+The training stack (:mod:`lejepa_tune.train`: timm, torchvision, the views) is imported when a
+worker starts training, not with this module: the trial's own process, which imports this
+module to hand :func:`train_worker` to Ray Train, never trains and does not pay for it."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
@@ -20,7 +24,9 @@ import torch
 from .config import Config, config_from_dict
 from .metrics import DIVERGED, EPOCH, label_free_modes
 from .streaming import TRAIN, epoch_stream
-from .train import Stream, TrainingDiverged, stream_seed, train
+
+if TYPE_CHECKING:
+    from .train import Stream
 
 __all__ = ["RaySink", "train_worker"]
 
@@ -73,6 +79,8 @@ def _ray_data_stream(cfg: Config) -> Stream | None:
     when the data is not held in memory (see :mod:`lejepa_tune.streaming`)."""
     if cfg.data.in_memory:
         return None
+    from .train import stream_seed
+
     shard = ray.train.get_dataset_shard(TRAIN)
     rank = ray.train.get_context().get_world_rank()
     return lambda epoch, per_rank, steps: epoch_stream(shard, per_rank, steps, stream_seed(cfg.train.seed, epoch, rank))
@@ -80,6 +88,8 @@ def _ray_data_stream(cfg: Config) -> Stream | None:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: one rank of the trial's DDP training."""
+    from .train import TrainingDiverged, train
+
     _quiet_ray_train()
     cfg = config_from_dict(loop_config["config"], "trial config")
     device = ray.train.torch.get_device()  # the accelerator Ray gave this worker, or the CPU

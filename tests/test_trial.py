@@ -1,16 +1,19 @@
 """A trial's pieces that need no running trial: where its run keeps its checkpoints, what a
 finished run's storage says about it (a resumed sweep's trial that already finished does not
-train again), and the resources a trial asks for when it starts."""
+train again), the resources a trial asks for when it starts, and what its process imports."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from lejepa_tune.metrics import EPOCH, LOSS
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.trial import CHECKPOINT_PATH, finished_run, resolve_resources, trial_output_dir
+from lejepa_tune.trial import CHECKPOINT_PATH, PREEMPTION_WATCHER, finished_run, resolve_resources, skip_preemption_watcher, trial_output_dir
 
 
 def checkpoint(run_dir, index: int, epoch: int | None) -> str:
@@ -53,3 +56,22 @@ def test_resources_are_resolved_from_the_cluster_when_the_trial_starts():
     assert resolve_resources(half, {"CPU": 8, "GPU": 1}) == (1.0, 0.5)
     cpu = sweep_spec_from_dict({"name": "s", "resources": {"gpus_per_worker": 0}})
     assert resolve_resources(cpu, {"CPU": 8, "GPU": 1}) == (1.0, 0.0)
+
+
+def test_the_preemption_watcher_is_left_out_on_one_node_unless_the_user_set_it(monkeypatch):
+    monkeypatch.delenv(PREEMPTION_WATCHER, raising=False)
+    skip_preemption_watcher(alive_nodes=3)
+    assert PREEMPTION_WATCHER not in os.environ
+    skip_preemption_watcher(alive_nodes=1)
+    assert os.environ[PREEMPTION_WATCHER] == "0"
+    monkeypatch.setenv(PREEMPTION_WATCHER, "1")
+    skip_preemption_watcher(alive_nodes=1)
+    assert os.environ[PREEMPTION_WATCHER] == "1"
+
+
+def test_the_trials_process_does_not_import_the_training_stack():
+    """A trial's own process hands the worker function to Ray Train and never trains: timm and
+    torchvision (over a second of imports) are left to the workers, MLflow to the driver."""
+    code = "import sys, lejepa_tune.trial; print(sorted(m for m in ('timm', 'torchvision', 'sklearn', 'mlflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
