@@ -1,15 +1,18 @@
 """Where a trial's start-up goes, measured piece by piece and as a whole.
 
-A trial of a sweep is three Ray actors started one after the other: Tune's function trainable
-(lejepa_tune.trial.trial_driver), Ray Train's controller, and the Train workers, which import
-the training code, get the dataset, build the model and the label-free set, join the process
+A trial of a sweep is Tune's function trainable (lejepa_tune.trial.trial_driver), which starts
+Ray Train's controller, which starts the Train workers and Ray Train's helper actors; the workers
+import the training code, get the dataset, build the model and the label-free set, join the process
 group and take the first step. This script times:
 
 * the imports a fresh Python process pays for the trial's module and its heavy dependencies;
 * a bare Ray actor's start (a new process) and the same actor importing the trial's module;
 * the worker's own set-up in one process: data, model, label-free set, optimiser, first step;
 * whole trials of a real sweep: ``time/startup_s``, from the trial function's start to the
-  workers' first training step, and from Tune's start of the trial to its first result.
+  workers' first training step, and from Tune's start of the trial to its first result;
+* every process a trial starts (Tune's actor, Ray Train's controller, workers and helper actors),
+  with the seconds of imports each one pays, from a second sweep of one trial whose Ray processes
+  run with ``PYTHONPROFILEIMPORTTIME`` (its own, slower, start-up is not reported).
 
     python experiments/trial_startup.py                # the README's breakdown (~3 min on 2 cores)
     python experiments/trial_startup.py --smoke-test   # tiny, for CI
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -109,6 +114,27 @@ def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[f
     return startup, first
 
 
+def process_imports(root: Path, overrides: list[str], trials: int) -> list[list]:
+    """Per kind of Ray process a sweep of ``trials`` trials started: how many, and the mean
+    seconds of imports each paid (Python's own import profile, read from Ray's worker logs)."""
+    os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # read at interpreter start: Ray's processes, not this one
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, _temp_dir=str(root / "ray"))
+    finally:
+        del os.environ["PYTHONPROFILEIMPORTTIME"]
+    try:
+        sweep_seconds(root / "profiled", overrides, trials)
+    finally:
+        ray.shutdown()
+    seconds: dict[str, list[float]] = {}
+    for out in (root / "ray" / "session_latest" / "logs").glob("worker-*.out"):
+        names = sorted(set(re.findall(r":actor_name:(\w+)", out.read_text())) - {"ImplicitFunc"}) or ["(idle worker)"]
+        err = out.with_suffix(".err").read_text() if out.with_suffix(".err").exists() else ""
+        own = sum(int(m) for m in re.findall(r"^import time:\s+(\d+) \|", err, flags=re.M)) / 1e6
+        seconds.setdefault(" + ".join(names), []).append(own)
+    return [[kind, len(s), statistics.mean(s)] for kind, s in sorted(seconds.items(), key=lambda kv: -statistics.mean(kv[1]))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke-test", action="store_true")
@@ -132,7 +158,11 @@ def main() -> None:
              [f"sweep: Tune's trial start to its first result (median of {len(first)})", statistics.median(first)]]
     print(format_table(["what", "seconds"], [[w, f"{s:.2f}"] for w, s in rows]))
     print(f"\ntime/startup_s of every trial: {' '.join(f'{s:.1f}' for s in startup)}")
-
+    if args.address is None:  # the profile needs Ray processes started with its variable
+        processes = process_imports(root, smoke, 1)
+        print("\nThe processes a sweep of one trial started (alone: no other trial competes for the cores), and the "
+              "seconds each spent importing (Python's import profile, which slows them a little):")
+        print(format_table(["process (Ray actor)", "count", "seconds of imports each"], [[k, n, f"{s:.2f}"] for k, n, s in processes]))
 
 if __name__ == "__main__":
     main()
