@@ -55,8 +55,14 @@ def test_no_import_circle():
             visit(module, [module])
 
 
+# Deferred on purpose: the trial's process imports ``worker`` only to hand ``train_worker`` to Ray
+# Train and never trains, so ``worker`` imports the training stack when a worker starts training
+# (test_trial.py checks that the trial's process does not import it).
+DEFERRED = {("worker", "train")}
+
+
 def test_package_imports_sit_at_the_top_except_in_the_cli():
-    deferred = {m: [t for t, top in edges if not top] for m, edges in package_imports().items() if m != "cli"}
+    deferred = {m: sorted({t for t, top in edges if not top and (m, t) not in DEFERRED}) for m, edges in package_imports().items() if m != "cli"}
     assert {m: ts for m, ts in deferred.items() if ts} == {}
 
 
