@@ -114,12 +114,18 @@ def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[f
     return startup, first
 
 
+def local_ray(**kwargs) -> None:
+    """A Ray of this machine with 2 CPUs (two trials at a time, as on the machine the README's
+    figures come from), quiet."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
+
+
 def process_imports(root: Path, overrides: list[str], trials: int) -> list[list]:
     """Per kind of Ray process a sweep of ``trials`` trials started: how many, and the mean
     seconds of imports each paid (Python's own import profile, read from Ray's worker logs)."""
     os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # read at interpreter start: Ray's processes, not this one
     try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, _temp_dir=str(root / "ray"))
+        local_ray(_temp_dir=str(root / "ray"))
     finally:
         del os.environ["PYTHONPROFILEIMPORTTIME"]
     try:
@@ -148,7 +154,7 @@ def main() -> None:
     if args.address:
         ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
     else:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        local_ray()
     ready, loaded = actor_seconds()
     rows += [["a new Ray actor answers", ready], ["... and has imported lejepa_tune.trial", loaded]]
     rows += [[k, v] for k, v in setup_seconds([*smoke, "train.epochs=1", "eval.enabled=false", f"train.output_dir={root / 'setup'}"]).items()]
@@ -163,6 +169,7 @@ def main() -> None:
         print("\nThe processes a sweep of one trial started (alone: no other trial competes for the cores), and the "
               "seconds each spent importing (Python's import profile, which slows them a little):")
         print(format_table(["process (Ray actor)", "count", "seconds of imports each"], [[k, n, f"{s:.2f}"] for k, n, s in processes]))
+
 
 if __name__ == "__main__":
     main()
