@@ -9,7 +9,8 @@ group and take the first step. This script times:
 * a bare Ray actor's start (a new process) and the same actor importing the trial's module;
 * the worker's own set-up in one process: data, model, label-free set, optimiser, first step;
 * whole trials of a real sweep: ``time/startup_s``, from the trial function's start to the
-  workers' first training step, and from Tune's start of the trial to its first result;
+  workers' first training step, from Tune's start of the trial to its first result, and from
+  its last result to its end (Ray Train's controller sees a finished run at its next poll);
 * every process a trial starts (Tune's actor, Ray Train's controller, workers and helper actors),
   with the seconds of imports each one pays, from a second sweep of one trial whose Ray processes
   run with ``PYTHONPROFILEIMPORTTIME`` (its own, slower, start-up is not reported).
@@ -97,21 +98,32 @@ def setup_seconds(overrides: list[str]) -> dict[str, float]:
     return times
 
 
-def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[float], list[float]]:
-    """``time/startup_s`` of each trial of a real sweep, and Tune's start to first result."""
+def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[float], list[float], list[float], float]:
+    """Of each trial of a real sweep: ``time/startup_s``, Tune's start of the trial to its first
+    result, and its last result to its end (both as the driver saw them: MLflow's timestamps);
+    and the sweep's own seconds."""
+    from mlflow import MlflowClient
+
+    from lejepa_tune.metrics import OBJECTIVE
     from lejepa_tune.search_space import load_sweep_spec
     from lejepa_tune.sweep import run_sweep
+    from lejepa_tune.tracking import ROLE_TAG
 
     space = Path(__file__).resolve().parents[1] / "search_spaces" / "lambda_sweep.yaml"
     spec = load_sweep_spec(space, [*overrides, f"tune.num_samples={trials}", "train.epochs=1"])
-    records = run_sweep(spec, storage_path=str(root / "sweeps"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}", include_dashboard=False, verbose=0)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    records = run_sweep(spec, storage_path=str(root / "sweeps"), tracking_uri=uri, include_dashboard=False, verbose=0)
     startup = [t.metrics["time/startup_s"] for t in records.trials if "time/startup_s" in t.metrics]
     first = []
     for result in (Path(records.sweep_dir) / "tune").glob("*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines()]
         if rows:
             first.append(rows[0]["time_total_s"])  # Tune: the trial's start to its first result
-    return startup, first
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
+    last = {r.info.run_id: max((m.timestamp for m in client.get_metric_history(r.info.run_id, OBJECTIVE)), default=None) for r in runs}
+    tail = [(r.info.end_time - last[r.info.run_id]) / 1000 for r in runs if r.info.end_time and last[r.info.run_id]]
+    return startup, first, tail, records.elapsed_s
 
 
 def local_ray(**kwargs) -> None:
@@ -158,10 +170,12 @@ def main() -> None:
     ready, loaded = actor_seconds()
     rows += [["a new Ray actor answers", ready], ["... and has imported lejepa_tune.trial", loaded]]
     rows += [[k, v] for k, v in setup_seconds([*smoke, "train.epochs=1", "eval.enabled=false", f"train.output_dir={root / 'setup'}"]).items()]
-    startup, first = sweep_seconds(root, smoke, 1 if args.smoke_test else args.trials)
+    startup, first, tail, elapsed = sweep_seconds(root, smoke, 1 if args.smoke_test else args.trials)
     ray.shutdown()
     rows += [[f"sweep: trial function start to first step (time/startup_s, median of {len(startup)})", statistics.median(startup)],
-             [f"sweep: Tune's trial start to its first result (median of {len(first)})", statistics.median(first)]]
+             [f"sweep: Tune's trial start to its first result (median of {len(first)})", statistics.median(first)],
+             [f"sweep: a trial's last result to its end (median of {len(tail)})", statistics.median(tail)],
+             [f"sweep: the whole sweep ({len(startup)} trials of 1 epoch)", elapsed]]
     print(format_table(["what", "seconds"], [[w, f"{s:.2f}"] for w, s in rows]))
     print(f"\ntime/startup_s of every trial: {' '.join(f'{s:.1f}' for s in startup)}")
     if args.address is None:  # the profile needs Ray processes started with its variable

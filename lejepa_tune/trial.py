@@ -30,11 +30,13 @@ from .search_space import SweepSpec, trial_config
 from .streaming import TRAIN, split_dataset
 from .worker import train_worker
 
-__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "trial_driver"]
+__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "poll_workers_often", "trial_driver"]
 
-# Ray Train's switch for its preemption watcher, read in the process that starts the run and
-# passed on to the run's controller.
+# Ray Train's settings read in the process that starts a run and passed on to the run's
+# controller: its preemption watcher, and how often the controller polls its workers.
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+POLL_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+POLL_INTERVAL_S = 0.5
 
 
 def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:
@@ -79,6 +81,18 @@ def skip_preemption_watcher(alive_nodes: int) -> None:
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
 
 
+def poll_workers_often() -> None:
+    """Has Ray Train's controller poll its workers every ``POLL_INTERVAL_S`` instead of its
+    default 2 s.
+
+    The controller learns of everything at a poll: a worker's report (which only then reaches
+    Tune, its scheduler and the sweep's callbacks), a finished run, a failed worker. With 2 s,
+    every epoch's result reaches Tune up to 2 s late, a trial ASHA stops trains on meanwhile,
+    and every trial ends up to 2 s after its last report. A poll is one small remote call per
+    worker. Where the user set the variable, it stays."""
+    os.environ.setdefault(POLL_INTERVAL, str(POLL_INTERVAL_S))
+
+
 def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:
     """The Tune function trainable: turns Tune's sample into a config and launches the
     ``TorchTrainer`` that trains it; metrics reach Tune through ``TuneReportCallback``."""
@@ -95,6 +109,7 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
         return
     cpus, gpus = resolve_resources(spec, ray.cluster_resources())
     skip_preemption_watcher(sum(1 for node in ray.nodes() if node["Alive"]))
+    poll_workers_often()
     # Data not held in memory is streamed to the workers by Ray Data, decoded where Ray runs it.
     streamed = None if cfg.data.in_memory else {TRAIN: split_dataset(build_datasets(cfg.data).train)}
     trainer = ray.train.torch.TorchTrainer(

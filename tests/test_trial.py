@@ -13,7 +13,8 @@ import pytest
 
 from lejepa_tune.metrics import EPOCH, LOSS
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.trial import CHECKPOINT_PATH, PREEMPTION_WATCHER, finished_run, resolve_resources, skip_preemption_watcher, trial_output_dir
+from lejepa_tune.trial import (CHECKPOINT_PATH, POLL_INTERVAL, POLL_INTERVAL_S, PREEMPTION_WATCHER, finished_run, poll_workers_often,
+                               resolve_resources, skip_preemption_watcher, trial_output_dir)
 
 
 def checkpoint(run_dir, index: int, epoch: int | None) -> str:
@@ -67,6 +68,23 @@ def test_the_preemption_watcher_is_left_out_on_one_node_unless_the_user_set_it(m
     monkeypatch.setenv(PREEMPTION_WATCHER, "1")
     skip_preemption_watcher(alive_nodes=1)
     assert os.environ[PREEMPTION_WATCHER] == "1"
+
+
+def test_the_controller_polls_its_workers_more_often_unless_the_user_set_it(monkeypatch):
+    monkeypatch.delenv(POLL_INTERVAL, raising=False)
+    poll_workers_often()
+    assert float(os.environ[POLL_INTERVAL]) == POLL_INTERVAL_S < 2.0
+    monkeypatch.setenv(POLL_INTERVAL, "5")
+    poll_workers_often()
+    assert os.environ[POLL_INTERVAL] == "5"
+
+
+def test_ray_train_passes_the_settings_a_trial_makes_on_to_its_controller():
+    """Both variables are read by the run's controller, a separate process: they reach it only
+    if Ray Train propagates them from the process that starts the run."""
+    from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE
+
+    assert {PREEMPTION_WATCHER, POLL_INTERVAL} <= ENV_VARS_TO_PROPAGATE
 
 
 def test_the_trials_process_does_not_import_the_training_stack():
