@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from lejepa_tune.analysis import analyse
 from lejepa_tune.pipeline import publish
@@ -23,7 +24,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
 from ranks import free_port
-from tiny import stop_tree, synthetic_records, tracked_records
+from tiny import TINY_BASE, stop_tree, synthetic_records, tracked_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -96,7 +97,10 @@ def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser,
 
 
 @pytest.mark.slow
-def test_the_ray_dashboard_answers_behind_its_token(browser, tmp_path):
+def test_the_ray_dashboard_answers_behind_its_token_and_shows_a_sweeps_trial(browser, tmp_path):
+    """A cluster as Ray starts it (token auth), a one-trial sweep run on it by `lejepa-tune run
+    --address`, then its dashboard: the token dialog, and behind it the Actors page with the
+    trial's processes (Tune's trial actor, Ray Train's controller and worker)."""
     from lejepa_tune.sweep import dashboard_hint
 
     port, gcs = free_port(), free_port()
@@ -110,6 +114,13 @@ def test_the_ray_dashboard_answers_behind_its_token(browser, tmp_path):
         wait_for(f"{url}/api/authentication_mode")
         hint = dashboard_hint(url)
         assert "ray get-auth-token" in hint and env["RAY_AUTH_TOKEN"] not in hint
+        space = tmp_path / "watched.yaml"
+        space.write_text(yaml.safe_dump({"name": "watched", "base": TINY_BASE, "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
+                                         "tune": {"num_samples": 1}}))
+        run = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", str(space), "--address", f"127.0.0.1:{gcs}",
+                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "sweeps")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(url)
         page.get_by_text("Authentication Token Required").first.wait_for(timeout=60_000)
@@ -117,9 +128,11 @@ def test_the_ray_dashboard_answers_behind_its_token(browser, tmp_path):
         context = browser.new_context(viewport={"width": 1400, "height": 900}, extra_http_headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
         authed = context.new_page()
         authed.goto(f"{url}/#/actors")
-        authed.get_by_text("Actors").first.wait_for(timeout=60_000)
-        assert "Authentication Token Required" not in authed.inner_text("body")
-        authed.screenshot(path=str(tmp_path / "ray_actors.png"))
+        authed.get_by_text("RayTrainWorker").first.wait_for(timeout=60_000)
+        body = authed.inner_text("body")
+        assert "Authentication Token Required" not in body
+        assert all(name in body for name in ("ImplicitFunc", "trial_driver", "TrainController", "RayTrainWorker")), body[:2000]
+        authed.screenshot(path=str(tmp_path / "ray_actors.png"), full_page=True)
     finally:  # this cluster's processes only (`ray stop` would stop every Ray on the machine)
         for proc in psutil.process_iter(["cmdline"]):
             if any(temp in part for part in proc.info["cmdline"] or []):
