@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from lejepa_tune.analysis import analyse
 from lejepa_tune.pipeline import publish
@@ -24,7 +23,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
 from ranks import free_port
-from tiny import TINY_BASE, stop_tree, synthetic_records, tracked_records
+from tiny import LAM_SEARCH, stop_tree, synthetic_records, tracked_records, write_space
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -114,9 +113,7 @@ def test_the_ray_dashboard_answers_behind_its_token_and_shows_a_sweeps_trial(bro
         wait_for(f"{url}/api/authentication_mode")
         hint = dashboard_hint(url)
         assert "ray get-auth-token" in hint and env["RAY_AUTH_TOKEN"] not in hint
-        space = tmp_path / "watched.yaml"
-        space.write_text(yaml.safe_dump({"name": "watched", "base": TINY_BASE, "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
-                                         "tune": {"num_samples": 1}}))
+        space = write_space(tmp_path, "watched", LAM_SEARCH, {"num_samples": 1})
         run = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", str(space), "--address", f"127.0.0.1:{gcs}",
                               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "sweeps")],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
 from lejepa_tune.sweep import run_sweep
-from tiny import TINY_BASE, train_like_a_worker
+from tiny import LAM_SEARCH, TINY_BASE, train_like_a_worker, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -141,12 +141,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
 def test_two_sweeps_started_together_share_one_mlflow_database(tmp_path):
     """Two `lejepa-tune run` in one directory at the same moment, both on the default
     sqlite:///mlflow.db: both complete, with all their runs and metrics."""
-    spaces = []
-    for name in ("left", "right"):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"name": name, "base": TINY_BASE, "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
-                                        "tune": {"num_samples": 1}}))
-        spaces.append(path)
+    spaces = [write_space(tmp_path, name, LAM_SEARCH, {"num_samples": 1}) for name in ("left", "right")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(p), "--no-dashboard"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for p in spaces]

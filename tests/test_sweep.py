@@ -14,7 +14,6 @@ import pytest
 import ray.tune
 import timm
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -26,13 +25,7 @@ from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
 from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, run_sweep
 from lejepa_tune.train import LocalSink, train
-from tiny import TINY_BASE, stop_tree
-
-
-def write_space(tmp_path, name, search, tune=None, resources=None, base=None):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "base": {**TINY_BASE, **(base or {})}, "search": search, "tune": tune or {}, "resources": resources or {}}))
-    return path
+from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
 
 SPACE = {
@@ -74,7 +67,7 @@ def test_the_scheduler_and_the_concurrency_follow_the_spec():
 @pytest.mark.slow
 def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = write_space(tmp_path, "two_trials", {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}, {"num_samples": 2, "seed": 0})
+    space = write_space(tmp_path, "two_trials", LAM_SEARCH, {"num_samples": 2, "seed": 0})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["run", str(space), "--tracking-uri", uri, "--no-dashboard"]) == 0
     out = capsys.readouterr().out
@@ -207,7 +200,7 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
 
 
 def test_asha_without_the_dashboard_is_refused_before_ray_starts(tmp_path, capsys):
-    space = write_space(tmp_path, "asha_cli", {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}, {"num_samples": 2, "scheduler": "asha"})
+    space = write_space(tmp_path, "asha_cli", LAM_SEARCH, {"num_samples": 2, "scheduler": "asha"})
     assert main(["run", str(space), "--no-dashboard"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(space) in err[0] and "tune.scheduler" in err[0] and "--no-dashboard" in err[0]

@@ -16,12 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from lejepa_tune.cli import main
 from ranks import free_port
-from tiny import TINY_BASE, stop_tree
+from tiny import LAM_SEARCH, stop_tree, write_space
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
 pytestmark = [
@@ -81,9 +80,7 @@ def mlflow_server(postgres, tmp_path_factory):
 def test_a_sweep_logs_to_a_tracking_server_and_the_report_reads_it_back(local_ray, mlflow_server, tmp_path, monkeypatch, capsys):
     url, artifacts = mlflow_server
     secret_url = url.replace("http://", "http://lejepa:hunter2-secret@")  # the server does not check it
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"name": "served", "base": TINY_BASE, "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
-                                     "tune": {"num_samples": 2}}))
+    space = write_space(tmp_path, "served", LAM_SEARCH, {"num_samples": 2})
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(space), "--tracking-uri", secret_url, "--no-dashboard"]) == 0
     out = capsys.readouterr()

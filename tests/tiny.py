@@ -1,16 +1,18 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
 few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run
-trained the way a trial's worker trains it, and a way to stop a server with everything it
+trained the way a trial's worker trains it, a search-space file over the tiny base, and a way to stop a server with everything it
 started. (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that
 the spawned processes start fast.)"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
 import torch
+import yaml
 
 from lejepa_tune.config import flatten_dict
 from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
@@ -26,6 +28,15 @@ TINY_BASE = {
     "eval": {"linear_max_iter": 100},
 }
 TINY = [f"{k}={json.dumps(v)}" for k, v in flatten_dict(TINY_BASE).items()]
+# The search most sweep tests run: λ alone, over the range of the shipped spaces.
+LAM_SEARCH = {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}
+
+
+def write_space(tmp_path: Path, name: str, search: dict, tune: dict | None = None, resources: dict | None = None, base: dict | None = None) -> Path:
+    """A search-space YAML ``<tmp_path>/<name>.yaml`` over the tiny base (``base`` merged on top)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": {**TINY_BASE, **(base or {})}, "search": search, "tune": tune or {}, "resources": resources or {}}))
+    return path
 
 
 def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> SweepRecords:
