@@ -1,0 +1,107 @@
+"""How much CPU the test suite needs, set against the time it takes.
+
+Runs pytest in this process, as the README's test command does, and reads the machine's CPU
+times (``psutil.cpu_times``: every process, so pytest's own, Ray's, and the servers and browsers
+the tests start) before and after every test, setup and teardown included. It reports the
+suite's wall time, the core-seconds of CPU the machine spent in it, the share of the cores that
+was busy, and so the least wall time the same work could take with every core busy all the
+time; then the same split between the end-to-end (``slow``) tests and the rest, and the tests
+that took the most CPU.
+
+The CPU times are the whole machine's: run it on an otherwise idle machine.
+
+    python experiments/suite_cpu.py                        # the whole suite (~11 min on 2 cores)
+    python experiments/suite_cpu.py -- -m "not slow"       # the quick loop
+    python experiments/suite_cpu.py --smoke-test           # one small test file, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lejepa_tune.report import format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = [str(ROOT / "tests" / "test_agreement.py")]
+
+
+def busy_seconds() -> float:
+    """Core-seconds the machine's CPUs have spent on anything but waiting, since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+class CpuPerTest:
+    """A pytest plugin: wall seconds and the machine's busy core-seconds of every test."""
+
+    def __init__(self) -> None:
+        self.tests: list[dict] = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        wall, cpu = time.perf_counter(), busy_seconds()
+        yield
+        self.tests.append({
+            "test": item.nodeid,
+            "slow": item.get_closest_marker("slow") is not None,
+            "wall_s": time.perf_counter() - wall,
+            "cpu_s": busy_seconds() - cpu,
+        })
+
+
+def summary(rows: list[dict], wall: float, cpu: float, cores: int) -> list[list]:
+    return [
+        ["tests", len(rows)],
+        ["wall time (s)", f"{wall:.0f}"],
+        ["CPU spent, all processes (core-seconds)", f"{cpu:.0f}"],
+        [f"share of the {cores} cores busy", f"{cpu / (wall * cores):.0%}"],
+        [f"least wall time for this CPU on {cores} cores (s)", f"{cpu / cores:.0f}"],
+    ]
+
+
+def share(cpu: float, wall: float, cores: int) -> str:
+    return f"{cpu / (wall * cores):.0%}" if wall else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--output-dir", default=None, help="where the per-test JSON goes (default: a new temporary folder)")
+    parser.add_argument("--top", type=int, default=15, help="how many of the costliest tests to list")
+    parser.add_argument("pytest_args", nargs="*", help="pytest's arguments, after --")
+    args = parser.parse_args()
+    out = Path(args.output_dir or tempfile.mkdtemp(prefix="suite_cpu_"))
+    out.mkdir(parents=True, exist_ok=True)
+    cores = psutil.cpu_count()
+    plugin = CpuPerTest()
+    pytest_args = [*(SMOKE if args.smoke_test else args.pytest_args), "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}"]
+    wall, cpu = time.perf_counter(), busy_seconds()
+    code = pytest.main(pytest_args, plugins=[plugin])
+    wall, cpu = time.perf_counter() - wall, busy_seconds() - cpu
+    (out / "tests.json").write_text(json.dumps(plugin.tests, indent=1))
+    rows = plugin.tests
+    print()
+    print(f"pytest {' '.join(pytest_args)}: exit {int(code)}")
+    print(format_table(["the suite", "value"], summary(rows, wall, cpu, cores)))
+    print()
+    split = []
+    for name, part in (("end-to-end (slow)", [r for r in rows if r["slow"]]), ("the rest", [r for r in rows if not r["slow"]])):
+        w, c = sum(r["wall_s"] for r in part), sum(r["cpu_s"] for r in part)
+        split.append([name, len(part), f"{w:.0f}", f"{c:.0f}", share(c, w, cores)])
+    print(format_table(["tests", "count", "wall (s)", "CPU (core-s)", "cores busy"], split))
+    print()
+    top = sorted(rows, key=lambda r: -r["cpu_s"])[: args.top]
+    print(format_table(["test", "wall (s)", "CPU (core-s)", "cores busy"], [[r["test"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", share(r["cpu_s"], r["wall_s"], cores)] for r in top]))
+    print(f"\nper test: {out / 'tests.json'}")
+    raise SystemExit(int(code))
+
+
+if __name__ == "__main__":
+    main()
