@@ -13,7 +13,8 @@ group and take the first step. This script times:
   its last result to its end (Ray Train's controller sees a finished run at its next poll);
 * every process a trial starts (Tune's actor, Ray Train's controller, workers and helper actors),
   with the seconds of imports each one pays, from a second sweep of one trial whose Ray processes
-  run with ``PYTHONPROFILEIMPORTTIME`` (its own, slower, start-up is not reported).
+  run with ``PYTHONPROFILEIMPORTTIME`` (its own, slower, start-up is not reported); and the same
+  seconds by the package whose modules took them (lejepa-tune's own, Ray's, torch's, ...).
 
     python experiments/trial_startup.py                # the README's breakdown (~3 min on 2 cores)
     python experiments/trial_startup.py --smoke-test   # tiny, for CI
@@ -37,6 +38,9 @@ import ray
 from lejepa_tune.report import format_table
 
 IMPORTS = ["torch", "timm", "ray.train.torch", "lejepa_tune.trial", "mlflow", "optuna"]
+# Ray processes that are the cluster's, not the trial's: idle workers and the autoscaling coordinator.
+CLUSTER_PROCESSES = {"(idle worker)", "_AutoscalingCoordinatorActor"}
+TOP_PACKAGES = 8
 
 
 def import_seconds(module: str) -> float:
@@ -132,9 +136,11 @@ def local_ray(**kwargs) -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
 
 
-def process_imports(root: Path, overrides: list[str], trials: int) -> list[list]:
+def process_imports(root: Path, overrides: list[str], trials: int) -> tuple[list[list], list[list]]:
     """Per kind of Ray process a sweep of ``trials`` trials started: how many, and the mean
-    seconds of imports each paid (Python's own import profile, read from Ray's worker logs)."""
+    seconds of imports each paid (Python's own import profile, read from Ray's worker logs);
+    and the same seconds over the trial's processes, by the top-level package of the module
+    that took them (each module's own time, not its imports')."""
     os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # read at interpreter start: Ray's processes, not this one
     try:
         local_ray(_temp_dir=str(root / "ray"))
@@ -145,12 +151,20 @@ def process_imports(root: Path, overrides: list[str], trials: int) -> list[list]
     finally:
         ray.shutdown()
     seconds: dict[str, list[float]] = {}
+    packages: dict[str, float] = {}
     for out in (root / "ray" / "session_latest" / "logs").glob("worker-*.out"):
         names = sorted(set(re.findall(r":actor_name:(\w+)", out.read_text())) - {"ImplicitFunc"}) or ["(idle worker)"]
         err = out.with_suffix(".err").read_text() if out.with_suffix(".err").exists() else ""
-        own = sum(int(m) for m in re.findall(r"^import time:\s+(\d+) \|", err, flags=re.M)) / 1e6
-        seconds.setdefault(" + ".join(names), []).append(own)
-    return [[kind, len(s), statistics.mean(s)] for kind, s in sorted(seconds.items(), key=lambda kv: -statistics.mean(kv[1]))]
+        own = [(int(t), module) for t, module in re.findall(r"^import time:\s+(\d+) \|\s+\d+ \|\s+([\w.]+)", err, flags=re.M)]
+        seconds.setdefault(" + ".join(names), []).append(sum(t for t, _ in own) / 1e6)
+        if not set(names) & CLUSTER_PROCESSES:
+            for t, module in own:
+                package = module.split(".")[0]
+                packages[package] = packages.get(package, 0.0) + t / 1e6
+    kinds = [[kind, len(s), statistics.mean(s)] for kind, s in sorted(seconds.items(), key=lambda kv: -statistics.mean(kv[1]))]
+    ranked = sorted(packages.items(), key=lambda kv: -kv[1])
+    by_package = [[p, s] for p, s in ranked[:TOP_PACKAGES]] + [[f"the other {len(ranked) - TOP_PACKAGES} packages", sum(s for _, s in ranked[TOP_PACKAGES:])]]
+    return kinds, by_package
 
 
 def main() -> None:
@@ -179,10 +193,12 @@ def main() -> None:
     print(format_table(["what", "seconds"], [[w, f"{s:.2f}"] for w, s in rows]))
     print(f"\ntime/startup_s of every trial: {' '.join(f'{s:.1f}' for s in startup)}")
     if args.address is None:  # the profile needs Ray processes started with its variable
-        processes = process_imports(root, smoke, 1)
+        processes, packages = process_imports(root, smoke, 1)
         print("\nThe processes a sweep of one trial started (alone: no other trial competes for the cores), and the "
               "seconds each spent importing (Python's import profile, which slows them a little):")
         print(format_table(["process (Ray actor)", "count", "seconds of imports each"], [[k, n, f"{s:.2f}"] for k, n, s in processes]))
+        print("\nThe same trial's processes' imports, by the package whose modules took the time:")
+        print(format_table(["package", "seconds of imports, all the trial's processes"], [[p, f"{s:.2f}"] for p, s in packages]))
 
 
 if __name__ == "__main__":
