@@ -23,6 +23,7 @@ group and take the first step. This script times:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -104,6 +105,27 @@ def setup_seconds(overrides: list[str]) -> dict[str, float]:
     return times
 
 
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Meanwhile this process's stdout and stderr go to ``path``, at the file descriptors: the
+    sweep's own lines, Tune's, MLflow's and Optuna's, which would split the tables apart."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, saved_fd in zip((1, 2), saved):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
+
+
 def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[float], list[float], list[float], float]:
     """Of each trial of a real sweep: ``time/startup_s``, Tune's start of the trial to its first
     result, and its last result to its end (both as the driver saw them: MLflow's timestamps);
@@ -118,7 +140,8 @@ def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[f
     space = Path(__file__).resolve().parents[1] / "search_spaces" / "lambda_sweep.yaml"
     spec = load_sweep_spec(space, [*overrides, f"tune.num_samples={trials}", "train.epochs=1"])
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    records = run_sweep(spec, storage_path=str(root / "sweeps"), tracking_uri=uri, include_dashboard=False, verbose=0)
+    with output_to(root / "sweep.log"):
+        records = run_sweep(spec, storage_path=str(root / "sweeps"), tracking_uri=uri, include_dashboard=False, verbose=0)
     startup = [t.metrics["time/startup_s"] for t in records.trials if "time/startup_s" in t.metrics]
     first = []
     for result in (Path(records.sweep_dir) / "tune").glob("*/result.json"):
@@ -197,6 +220,7 @@ def main() -> None:
              [f"sweep: the whole sweep ({len(startup)} trials of 1 epoch)", elapsed]]
     print(format_table(["what", "seconds"], [[w, f"{s:.2f}"] for w, s in rows]))
     print(f"\ntime/startup_s of every trial: {' '.join(f'{s:.1f}' for s in startup)}")
+    print(f"the sweep's own output: {root / 'sweep.log'}")
     if args.address is None:  # the profile needs Ray processes started with its variable
         processes, packages = process_imports(root, smoke, 1)
         print("\nThe processes a sweep of one trial started (alone: no other trial competes for the cores), and the "
