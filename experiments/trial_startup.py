@@ -188,7 +188,8 @@ def process_imports(root: Path, overrides: list[str], trials: int) -> tuple[list
                 packages[package] = packages.get(package, 0.0) + t / 1e6
     kinds = [[kind, len(s), statistics.mean(s)] for kind, s in sorted(seconds.items(), key=lambda kv: -statistics.mean(kv[1]))]
     ranked = sorted(packages.items(), key=lambda kv: -kv[1])
-    shown = [p for p, _ in ranked[:TOP_PACKAGES]] + [p for p in OWN_PACKAGES if p not in dict(ranked[:TOP_PACKAGES])]
+    top = [p for p, _ in ranked[:TOP_PACKAGES]]
+    shown = top + [p for p in OWN_PACKAGES if p not in top]
     rest = [s for p, s in ranked if p not in shown]
     by_package = [[p, packages.get(p, 0.0)] for p in shown]
     by_package += [[f"the other {len(rest)} packages", sum(rest)], ["all", sum(packages.values())]]
