@@ -59,18 +59,18 @@ class CpuPerTest:
         })
 
 
+def share(cpu: float, wall: float, cores: int) -> str:
+    return f"{cpu / (wall * cores):.0%}" if wall else "-"
+
+
 def summary(rows: list[dict], wall: float, cpu: float, cores: int) -> list[list]:
     return [
         ["tests", len(rows)],
         ["wall time (s)", f"{wall:.0f}"],
         ["CPU spent, all processes (core-seconds)", f"{cpu:.0f}"],
-        [f"share of the {cores} cores busy", f"{cpu / (wall * cores):.0%}"],
+        [f"share of the {cores} cores busy", share(cpu, wall, cores)],
         [f"least wall time for this CPU on {cores} cores (s)", f"{cpu / cores:.0f}"],
     ]
-
-
-def share(cpu: float, wall: float, cores: int) -> str:
-    return f"{cpu / (wall * cores):.0%}" if wall else "-"
 
 
 def main() -> None:
