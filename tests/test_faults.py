@@ -14,7 +14,6 @@ import time
 import optuna
 import psutil
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE, REFERENCE_ACC
@@ -81,13 +80,8 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path):
 
 
 def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({
-        "name": "killed_driver",
-        "base": {**BASE, "data": {"max_train_samples": 256, "max_val_samples": 60}, "train": {"epochs": 2, "batch_size": 32}},
-        "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
-        "tune": {"num_samples": 3, "seed": 0, "max_concurrent_trials": 2},
-    }))
+    space = write_space(tmp_path, "killed_driver", LAM_SEARCH, {"num_samples": 3, "seed": 0, "max_concurrent_trials": 2},
+                        base={"data": {"max_train_samples": 256, "max_val_samples": 60}, "train": {"epochs": 2, "batch_size": 32}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps"), "--no-dashboard"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -1,14 +1,14 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
 few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run
-trained the way a trial's worker trains it, a search-space file over the tiny base, and a way to stop a server with everything it
-started. (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that
-the spawned processes start fast.)"""
+trained the way a trial's worker trains it, a search-space file over the tiny base, and a way to
+stop a server with everything it started. (Running a function on real gloo ranks: ``ranks.py``,
+which imports torch alone, so that the spawned processes start fast.)"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
