@@ -1,7 +1,9 @@
-"""The sweep: Ray Tune trials, each launching a Ray Train ``TorchTrainer`` (Ray Train V2).
+"""The sweep: Ray Tune trials, each launching a Ray Train V2 torch run (Ray's
+``DataParallelTrainer`` with :class:`lejepa_tune.backend.TorchConfig`: what ``TorchTrainer``
+runs, with torch imported by the workers alone).
 
 Data flows one way: the Tuner (driver) asks Optuna for a point; the trial function turns it
-into a validated config and starts a ``TorchTrainer`` whose workers run
+into a validated config and starts a Ray Train run whose workers run
 :func:`lejepa_tune.train.train`; every epoch the workers ``ray.train.report`` the metrics (the
 same on every rank) and rank 0's checkpoint, which Ray uploads to the sweep's storage, the one
 copy there is; ``TuneReportCallback`` forwards the metrics to Tune, where the searcher, the
@@ -298,7 +300,7 @@ def run_sweep(
     # dies loses at most that: the default adapts to minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     trainable = ray.tune.with_resources(
-        # The trial function only drives its TorchTrainer's workers, so it reserves no CPU or
+        # The trial function only drives its Ray Train run's workers, so it reserves no CPU or
         # GPU; Ray needs a non-empty request, hence a token of logical memory.
         ray.tune.with_parameters(trial_driver, spec=spec, sweep_dir=sweep_dir, data=_shared_data(spec)),
         {"CPU": 0, "memory": 2**20},

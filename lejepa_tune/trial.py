@@ -1,10 +1,10 @@
 """One trial of a sweep, as Ray runs it: the Tune function trainable that launches a Ray Train
-``TorchTrainer``, and the function every Train worker runs (one DDP rank of
-:func:`lejepa_tune.train.train`).
+torch run (:func:`lejepa_tune.backend.torch_trainer`), and the function every Train worker runs
+(one DDP rank of :func:`lejepa_tune.train.train`).
 
 This module is what Ray's actor processes import for each trial, so it imports nothing the
-trial does not need (no MLflow, no Optuna): a trial's start-up is paid in imports. The workers'
-own side is :mod:`lejepa_tune.worker`.
+trial does not need (no MLflow, no Optuna, no torch: the trial's actor only builds the run): a
+trial's start-up is paid in imports. The workers' own side is :mod:`lejepa_tune.worker`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ from typing import Any, Mapping
 import pyarrow.fs
 import ray
 import ray.train
-import ray.train.torch
 import ray.tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY as CHECKPOINT_PATH
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from .backend import torch_trainer
 from .config import config_to_dict
-from .data import build_datasets
 from .metrics import EPOCH
 from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
-from .streaming import TRAIN, split_dataset
 from .worker import train_worker
 
 __all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "poll_workers_often", "trial_driver"]
@@ -94,8 +92,8 @@ def poll_workers_often() -> None:
 
 
 def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:
-    """The Tune function trainable: turns Tune's sample into a config and launches the
-    ``TorchTrainer`` that trains it; metrics reach Tune through ``TuneReportCallback``."""
+    """The Tune function trainable: turns Tune's sample into a config and launches the Ray Train
+    run that trains it; metrics reach Tune through ``TuneReportCallback``."""
     started_at = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     params = {k: tune_config[k] for k in spec.search}
@@ -110,9 +108,15 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
     cpus, gpus = resolve_resources(spec, ray.cluster_resources())
     skip_preemption_watcher(sum(1 for node in ray.nodes() if node["Alive"]))
     poll_workers_often()
-    # Data not held in memory is streamed to the workers by Ray Data, decoded where Ray runs it.
-    streamed = None if cfg.data.in_memory else {TRAIN: split_dataset(build_datasets(cfg.data).train)}
-    trainer = ray.train.torch.TorchTrainer(
+    streamed = None
+    if not cfg.data.in_memory:
+        # Data not held in memory is streamed to the workers by Ray Data, decoded where Ray runs
+        # it. (Imported here: the data and streaming modules import torch.)
+        from .data import build_datasets
+        from .streaming import TRAIN, split_dataset
+
+        streamed = {TRAIN: split_dataset(build_datasets(cfg.data).train)}
+    trainer = torch_trainer(
         train_worker,
         datasets=streamed,
         train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus, "data": data, "started_at": started_at},

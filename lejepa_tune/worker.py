@@ -1,9 +1,10 @@
 """What every Ray Train worker of a trial runs: one DDP rank of :func:`lejepa_tune.train.train`,
 with a :class:`RaySink` that reports to Ray Train and resumes from its checkpoints.
 
-The training stack (:mod:`lejepa_tune.train`: timm, torchvision, the views) is imported when a
-worker starts training, not with this module: the trial's own process, which imports this
-module to hand :func:`train_worker` to Ray Train, never trains and does not pay for it."""
+The training stack (torch, and :mod:`lejepa_tune.train`: timm, torchvision, the views) is
+imported when a worker starts training, not with this module: the trial's own process and Ray
+Train's controller, which import this module to hand :func:`train_worker` on, never train and do
+not pay for it."""
 
 from __future__ import annotations
 
@@ -18,12 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
-import ray.train.torch
-import torch
 
 from .config import Config, config_from_dict
 from .metrics import DIVERGED, EPOCH, label_free_modes
-from .streaming import TRAIN, epoch_stream
 
 if TYPE_CHECKING:
     from .train import Stream
@@ -79,6 +77,7 @@ def _ray_data_stream(cfg: Config) -> Stream | None:
     when the data is not held in memory (see :mod:`lejepa_tune.streaming`)."""
     if cfg.data.in_memory:
         return None
+    from .streaming import TRAIN, epoch_stream
     from .train import stream_seed
 
     shard = ray.train.get_dataset_shard(TRAIN)
@@ -88,6 +87,9 @@ def _ray_data_stream(cfg: Config) -> Stream | None:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: one rank of the trial's DDP training."""
+    import ray.train.torch
+    import torch
+
     from .train import TrainingDiverged, train
 
     _quiet_ray_train()

@@ -1,4 +1,4 @@
-"""A Ray Train worker's side of a trial: a real ``TorchTrainer`` run of ``train_worker``, and
+"""A Ray Train worker's side of a trial: a real Ray Train torch run of ``train_worker``, and
 the worker's quiet logging."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 
 import pytest
 import ray.train
-import ray.train.torch
 from tiny import TINY_BASE
 
+from lejepa_tune.backend import torch_trainer
 from lejepa_tune.config import config_from_dict, config_to_dict
 from lejepa_tune.metrics import EPOCH, LOSS
 from lejepa_tune.worker import _quiet_ray_train, train_worker
@@ -33,7 +33,7 @@ def test_ray_trains_per_report_loggers_are_lowered_to_warnings():
 
 
 def fit(tmp_path, cfg):
-    trainer = ray.train.torch.TorchTrainer(
+    trainer = torch_trainer(
         train_worker,
         train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": 1, "data": {"ref": None}, "started_at": time.time()},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
