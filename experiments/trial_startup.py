@@ -38,7 +38,7 @@ import ray
 
 from lejepa_tune.report import format_table
 
-IMPORTS = ["torch", "timm", "ray.train.torch", "lejepa_tune.trial", "mlflow", "optuna"]
+IMPORTS = ["torch", "timm", "ray.train", "lejepa_tune.trial", "mlflow", "optuna"]
 # Ray processes that are the cluster's, not the trial's: idle workers and the autoscaling coordinator.
 CLUSTER_PROCESSES = {"(idle worker)", "_AutoscalingCoordinatorActor"}
 TOP_PACKAGES = 8
