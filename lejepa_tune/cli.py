@@ -152,11 +152,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(format_selection(analysis))
         _print_choice(analysis)
-    minutes, seconds = divmod(records.elapsed_s, 60)
-    print(f"\nSweep '{spec.name}': {len(records.trials)} trials in {int(minutes)} min {seconds:.0f} s; results in {records.sweep_dir}")
+    print(f"\nSweep '{spec.name}': {len(records.trials)} trials in {_minutes(records.elapsed_s)}; results in {records.sweep_dir}")
     if files:
         print(f"Report: {files['html']}")
     return 0 if analysis is not None and analysis.choice is not None else 1
+
+
+def _minutes(seconds: float) -> str:
+    """``"2 min 59 s"``, rounded to the second before it is split (so never ``"2 min 60 s"``)."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s"
 
 
 def _print_choice(analysis) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lejepa_tune.cli import main
+from lejepa_tune.cli import _minutes, main
 
 # A valid search space (the table's ``--set`` cases break it one key at a time).
 SPACE = "name: s\nsearch:\n  loss.lam: {type: loguniform, low: 0.01, high: 0.5}\n"
@@ -141,3 +141,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, files, names, 
         assert f": {key}: " in line, line
     assert fragment in line, line
     assert not outputs.exists()
+
+
+def test_a_sweeps_time_is_rounded_before_it_is_split_into_minutes():
+    assert _minutes(179.6) == "3 min 0 s"
+    assert _minutes(179.4) == "2 min 59 s"
+    assert _minutes(59.5) == "1 min 0 s" and _minutes(0.2) == "0 min 0 s"
