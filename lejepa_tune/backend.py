@@ -30,7 +30,7 @@ from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, 
 from ray.train.v2._internal.util import TrainingFramework
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-__all__ = ["TorchConfig", "torch_trainer"]
+__all__ = ["TorchConfig", "torch_trainer", "process_group_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ def torch_trainer(train_loop_per_worker: Callable[[dict[str, Any]], None], *, to
     """Ray Train's ``TorchTrainer(train_loop_per_worker, **kwargs)`` with :class:`TorchConfig`:
     the same run, the same keyword arguments."""
     return DataParallelTrainer(train_loop_per_worker, backend_config=torch_config or TorchConfig(), **kwargs)
+
+
+def process_group_backend(resources_per_worker: dict[str, float]) -> str:
+    """``nccl`` for workers that hold a GPU (or a share of one), ``gloo`` for CPU workers."""
+    return "nccl" if resources_per_worker.get("GPU", 0) > 0 else "gloo"
 
 
 class _TorchContext:
@@ -101,9 +106,7 @@ class _TorchBackend(Backend):
     share_cuda_visible_devices = True
 
     def on_start(self, worker_group, backend_config: TorchConfig) -> None:
-        backend = backend_config.backend
-        if backend is None:
-            backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
+        backend = backend_config.backend or process_group_backend(worker_group.get_resources_per_worker())
         addr, port = worker_group.execute_single(0, get_address_and_port)
         worker_group.execute(_set_master, addr=addr, port=port)
         ray.get([

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import ray.train
 
-from lejepa_tune.backend import TorchConfig, torch_trainer
+from lejepa_tune.backend import TorchConfig, process_group_backend, torch_trainer
 
 
 @pytest.mark.slow
@@ -67,3 +67,10 @@ def test_the_config_reads_as_ray_train_expects():
     assert config.backend is None and config.framework.value == "torch"
     assert config.to_dict() == {"backend": None, "init_method": "env", "timeout_s": 1800}
     assert config.backend_cls.share_cuda_visible_devices
+
+
+def test_workers_with_a_gpu_join_by_nccl_and_cpu_workers_by_gloo():
+    assert process_group_backend({"CPU": 1}) == "gloo"
+    assert process_group_backend({"CPU": 1, "GPU": 0}) == "gloo"
+    assert process_group_backend({"CPU": 1, "GPU": 1}) == "nccl"
+    assert process_group_backend({"GPU": 0.5}) == "nccl"
