@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
 import ray.train
 
 from lejepa_tune.backend import TorchConfig, process_group_backend, torch_trainer
+from lejepa_tune.worker import train_worker
 
 
 @pytest.mark.slow
@@ -48,15 +49,8 @@ def test_ray_trains_controller_unpickles_the_run_without_importing_torch():
     """The controller gets the train function and the backend config pickled, and sets the
     process group up from them: the workers import torch, when they run (the trial's own
     process: test_trial.py)."""
-    build = textwrap.dedent("""
-        import sys
-        import ray.cloudpickle, ray.train
-        from lejepa_tune.backend import torch_trainer
-        from lejepa_tune.worker import train_worker
-        trainer = torch_trainer(train_worker, train_loop_config={}, scaling_config=ray.train.ScalingConfig(num_workers=2))
-        sys.stdout.buffer.write(ray.cloudpickle.dumps((trainer._get_train_func(), trainer.backend_config)))
-    """)
-    pickled = subprocess.run([sys.executable, "-c", build], capture_output=True, check=True).stdout
+    trainer = torch_trainer(train_worker, train_loop_config={}, scaling_config=ray.train.ScalingConfig(num_workers=2))
+    pickled = ray.cloudpickle.dumps((trainer._get_train_func(), trainer.backend_config))
     load = "import pickle, sys; fn, config = pickle.loads(sys.stdin.buffer.read()); print(type(config).__name__, 'torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", load], input=pickled, capture_output=True, check=True)
     assert loaded.stdout.decode().split() == ["TorchConfig", "False"]
