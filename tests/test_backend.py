@@ -45,6 +45,7 @@ def test_two_ranks_join_one_gloo_process_group_and_all_reduce(local_ray, tmp_pat
         assert seen["env"][:3] == [str(rank), "2", str(rank)]  # one node: local rank = rank
     assert ranks[0]["env"][3] == ranks[1]["env"][3]
 
+
 def test_ray_trains_controller_unpickles_the_run_without_importing_torch():
     """The controller gets the train function and the backend config pickled, and sets the
     process group up from them: the workers import torch, when they run (the trial's own
