@@ -1,5 +1,7 @@
 """Fixtures shared by the test modules: one local Ray instance for the whole session (every
-real-Ray test joins it instead of starting its own), and ``tests/`` on the import path."""
+real-Ray test joins it instead of starting its own), two gloo ranks for the whole session (every
+test of collectives runs its function on them instead of spawning its own), and ``tests/`` on the
+import path."""
 
 from __future__ import annotations
 
@@ -23,3 +25,14 @@ def local_ray():
         init_ray(num_cpus=2, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gloo_ranks():
+    """Two spawned processes in one gloo process group: ``gloo_ranks.run(fn, *args)`` runs a
+    module-level ``fn`` on both and returns their results, by rank."""
+    from ranks import Ranks
+
+    ranks = Ranks(world=2)
+    yield ranks
+    ranks.close()

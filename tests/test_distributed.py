@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ranks import on_ranks
 
 from lejepa_tune import distributed as D
 
@@ -38,8 +37,8 @@ def _collectives() -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    return on_ranks(_collectives, tmp_path_factory.mktemp("ranks"))
+def two_ranks(gloo_ranks):
+    return gloo_ranks.run(_collectives)
 
 
 def test_two_ranks_shard_the_items_and_gather_them_back_in_order(two_ranks):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from ranks import on_ranks
 from torch import nn
 
 from lejepa_tune.losses import LeJEPALoss, SIGReg, SpectralRegularizer, invariance
@@ -208,8 +207,8 @@ STEP = 11
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    return on_ranks(_rank_losses, tmp_path_factory.mktemp("ranks"), STEP)
+def two_ranks(gloo_ranks):
+    return gloo_ranks.run(_rank_losses, STEP)
 
 
 def test_sigreg_draws_the_same_slices_on_every_rank(two_ranks):

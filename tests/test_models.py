@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ranks import on_ranks
 
 from lejepa_tune.config import ModelConfig
 from lejepa_tune.models import GlobalBatchNorm1d, Projector, build_model
@@ -83,8 +82,8 @@ def _batchnorm_run(momentum):
 
 
 @pytest.fixture(scope="module")
-def batchnorm_on_two_ranks(tmp_path_factory):
-    return on_ranks(_batchnorm_steps, tmp_path_factory.mktemp("ranks"), (0.1, None))
+def batchnorm_on_two_ranks(gloo_ranks):
+    return gloo_ranks.run(_batchnorm_steps, (0.1, None))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
