@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -80,8 +81,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="how many of the costliest tests to list")
     parser.add_argument("pytest_args", nargs="*", help="pytest's arguments, after --")
     args = parser.parse_args()
-    out = Path(args.output_dir or tempfile.mkdtemp(prefix="suite_cpu_"))
+    out = Path(args.output_dir or tempfile.mkdtemp(prefix="suite_cpu_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # the README's test command runs from the project's root, where `testpaths` applies
     cores = psutil.cpu_count()
     plugin = CpuPerTest()
     pytest_args = [*(SMOKE if args.smoke_test else args.pytest_args), "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}"]
