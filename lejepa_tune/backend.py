@@ -12,6 +12,10 @@ Ray's ``_TorchBackend`` does (rank 0's address and a free port to every worker, 
 ``init_process_group`` on each rank; at the end, the group destroyed), and every step that needs
 torch runs on the workers through Ray's own functions, which the workers import when they run
 them. Hand it to Ray's ``DataParallelTrainer`` with :func:`torch_trainer`.
+
+A run given no Ray Datasets (every sweep whose data is held in memory) also leaves out Ray
+Train's datasets callback, which would start a ``DatasetManager`` actor for the run, a process of
+its own, and hand Ray Data's context to every worker, for datasets the run does not have.
 """
 
 from __future__ import annotations
@@ -62,7 +66,21 @@ class TorchConfig(BackendConfig):
 def torch_trainer(train_loop_per_worker: Callable[[dict[str, Any]], None], *, torch_config: TorchConfig | None = None, **kwargs: Any) -> DataParallelTrainer:
     """Ray Train's ``TorchTrainer(train_loop_per_worker, **kwargs)`` with :class:`TorchConfig`:
     the same run, the same keyword arguments."""
-    return DataParallelTrainer(train_loop_per_worker, backend_config=torch_config or TorchConfig(), **kwargs)
+    return _DataParallelTrainer(train_loop_per_worker, backend_config=torch_config or TorchConfig(), **kwargs)
+
+
+class _DataParallelTrainer(DataParallelTrainer):
+    """Ray's ``DataParallelTrainer``, without its datasets callback when it has no datasets."""
+
+    def _create_default_callbacks(self) -> list:
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        try:
+            from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        except ImportError:  # a Ray that moved it: its defaults, unchanged
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
 
 def process_group_backend(resources_per_worker: dict[str, float]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray.cloudpickle
+import ray.data
 import ray.train
 
 from lejepa_tune.backend import TorchConfig, process_group_backend, torch_trainer
@@ -55,6 +56,22 @@ def test_ray_trains_controller_unpickles_the_run_without_importing_torch():
     load = "import pickle, sys; fn, config = pickle.loads(sys.stdin.buffer.read()); print(type(config).__name__, 'torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", load], input=pickled, capture_output=True, check=True)
     assert loaded.stdout.decode().split() == ["TorchConfig", "False"]
+
+
+def test_a_run_without_datasets_starts_no_dataset_manager(tmp_path):
+    """Ray Train's datasets callback (a DatasetManager actor per run, Ray Data's context sent to
+    every worker) only where the run has Ray Datasets: the streamed data of test_streaming.py."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    def callbacks(**kwargs) -> list[str]:
+        trainer = torch_trainer(train_worker, train_loop_config={}, scaling_config=ray.train.ScalingConfig(num_workers=2),
+                                run_config=ray.train.RunConfig(name="callbacks", storage_path=str(tmp_path)), **kwargs)
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    without, with_data = callbacks(), callbacks(datasets={"train": lambda: ray.data.range(4)})
+    assert DatasetsCallback.__name__ not in without and DatasetsCallback.__name__ in with_data
+    # Nothing else is left out: the backend, the placement-group cleaner, the user callbacks.
+    assert sorted(with_data) == sorted([*without, DatasetsCallback.__name__])
 
 
 def test_the_config_reads_as_ray_train_expects():
