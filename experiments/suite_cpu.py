@@ -8,9 +8,11 @@ was busy, and so the least wall time the same work could take with every core bu
 time; then the same split between the end-to-end (``slow``) tests and the rest, and the tests
 that took the most CPU.
 
-The CPU times are the whole machine's: run it on an otherwise idle machine.
+The CPU times are the whole machine's: run it on an otherwise idle machine. The machine's speed
+(``machine_speed.py``) is printed as it was before and after the run: the same suite takes up to
+twice the CPU on a slow day.
 
-    python experiments/suite_cpu.py                        # the whole suite (~11 min on 2 cores)
+    python experiments/suite_cpu.py                        # the whole suite (9-18 min on 2 cores)
     python experiments/suite_cpu.py -- -m "not slow"       # the quick loop
     python experiments/suite_cpu.py --smoke-test           # one small test file, for CI
 """
@@ -28,6 +30,7 @@ import psutil
 import pytest
 
 from lejepa_tune.report import format_table
+from machine_speed import speed_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = [str(ROOT / "tests" / "test_agreement.py")]
@@ -87,6 +90,7 @@ def main() -> None:
     cores = psutil.cpu_count()
     plugin = CpuPerTest()
     pytest_args = [*(SMOKE if args.smoke_test else args.pytest_args), "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}"]
+    speed_before = speed_line(1 if args.smoke_test else 3)
     wall, cpu = time.perf_counter(), busy_seconds()
     code = pytest.main(pytest_args, plugins=[plugin])
     wall, cpu = time.perf_counter() - wall, busy_seconds() - cpu
@@ -94,6 +98,9 @@ def main() -> None:
     rows = plugin.tests
     print()
     print(f"pytest {' '.join(pytest_args)}: exit {int(code)}")
+    print(f"before, {speed_before}")
+    if not args.smoke_test:
+        print(f"afterwards, {speed_line()}")
     print(format_table(["the suite", "value"], summary(rows, wall, cpu, cores)))
     print()
     split = []

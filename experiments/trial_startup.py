@@ -16,6 +16,8 @@ group and take the first step. This script times:
   run with ``PYTHONPROFILEIMPORTTIME`` (its own, slower, start-up is not reported); and the same
   seconds by the package whose modules took them (lejepa-tune's own, Ray's, torch's, ...).
 
+The machine's speed (``machine_speed.py``) is printed before and after: start-up moves with it.
+
     python experiments/trial_startup.py                # the README's breakdown (~3 min on 2 cores)
     python experiments/trial_startup.py --smoke-test   # tiny, for CI
 """
@@ -28,7 +30,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 import ray
 
 from lejepa_tune.report import format_table
+from machine_speed import fresh_import_seconds, speed_line
 
 IMPORTS = ["torch", "timm", "ray.train", "lejepa_tune.trial", "mlflow", "optuna"]
 # Ray processes that are the cluster's, not the trial's: idle workers and the autoscaling coordinator.
@@ -44,12 +46,6 @@ CLUSTER_PROCESSES = {"(idle worker)", "_AutoscalingCoordinatorActor"}
 TOP_PACKAGES = 8
 # Listed whatever their share: the trial's own code and its model library.
 OWN_PACKAGES = ["lejepa_tune", "timm"]
-
-
-def import_seconds(module: str) -> float:
-    """Seconds a fresh interpreter takes to import ``module`` (interpreter start excluded)."""
-    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 @ray.remote(num_cpus=0)
@@ -205,7 +201,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_startup_"))
     smoke = ["data.max_train_samples=256", "data.max_val_samples=60", "labelfree.num_images=64"] if args.smoke_test else []
-    rows = [[f"import {m} (fresh process)", import_seconds(m)] for m in (IMPORTS[-1:] if args.smoke_test else IMPORTS)]
+    print(speed_line(1 if args.smoke_test else 3))
+    rows = [[f"import {m} (fresh process)", fresh_import_seconds(m)] for m in (IMPORTS[-1:] if args.smoke_test else IMPORTS)]
     if args.address:
         ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
     else:
@@ -229,6 +226,8 @@ def main() -> None:
         print(format_table(["process (Ray actor)", "count", "seconds of imports each"], [[k, n, f"{s:.2f}"] for k, n, s in processes]))
         print("\nThe same trial's processes' imports, by the package whose modules took the time:")
         print(format_table(["package", "seconds of imports, all the trial's processes"], [[p, f"{s:.2f}"] for p, s in packages]))
+    if not args.smoke_test:
+        print(f"\nafterwards, {speed_line()}")
 
 
 if __name__ == "__main__":
