@@ -1,8 +1,9 @@
 """How fast this machine runs right now: two fixed pieces of work, timed, to set beside any other
 timing taken on it.
 
-The machines these figures come from are shared, and the same work takes up to twice as long on
-one day as on another: the suite, a trial's start-up and the default sweep all move together. A
+The machines these figures come from are shared, and the same work took two to two and a half
+times as long on a slow day as on a fast one: the suite, a trial's start-up and the default sweep
+all move together. A
 timing says little without the machine's speed when it was taken, so the experiments that time
 things (``trial_startup.py``, ``suite_cpu.py``) print this line before and after their runs:
 

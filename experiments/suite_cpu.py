@@ -9,7 +9,7 @@ time; then the same split between the end-to-end (``slow``) tests and the rest, 
 that took the most CPU.
 
 The CPU times are the whole machine's: run it on an otherwise idle machine. The machine's speed
-(``machine_speed.py``) is printed as it was before and after the run: the same suite takes up to
+(``machine_speed.py``) is printed as it was before and after the run: the same suite took about
 twice the CPU on a slow day.
 
     python experiments/suite_cpu.py                        # the whole suite (9-18 min on 2 cores)

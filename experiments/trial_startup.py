@@ -201,7 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_startup_"))
     smoke = ["data.max_train_samples=256", "data.max_val_samples=60", "labelfree.num_images=64"] if args.smoke_test else []
-    print(speed_line(1 if args.smoke_test else 3))
+    print(f"before, {speed_line(1 if args.smoke_test else 3)}")
     rows = [[f"import {m} (fresh process)", fresh_import_seconds(m)] for m in (IMPORTS[-1:] if args.smoke_test else IMPORTS)]
     if args.address:
         ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
