@@ -23,7 +23,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
 from ranks import free_port
-from tiny import LAM_SEARCH, stop_tree, synthetic_records, tracked_records, write_space
+from tiny import LAM_SEARCH, mlflow_server_env, stop_tree, synthetic_records, tracked_records, write_space
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -75,7 +75,7 @@ def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser,
     port = free_port()
     # The command the sweep prints, on a free port: one worker, loopback only.
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              env=mlflow_server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/health")
         page = browser.new_page(viewport={"width": 1500, "height": 950})

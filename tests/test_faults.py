@@ -132,12 +132,14 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
     assert {EPOCH, OBJECTIVE} <= set(kids[0].data.metrics)
 
 
-def test_two_sweeps_started_together_share_one_mlflow_database(tmp_path):
+def test_two_sweeps_started_together_share_one_mlflow_database(local_ray, tmp_path):
     """Two `lejepa-tune run` in one directory at the same moment, both on the default
-    sqlite:///mlflow.db: both complete, with all their runs and metrics."""
+    sqlite:///mlflow.db, on one Ray cluster (the session's): both complete, with all their runs
+    and metrics. (A `run` that starts its own Ray: the killed driver above.)"""
     spaces = [write_space(tmp_path, name, LAM_SEARCH, {"num_samples": 1}) for name in ("left", "right")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(p), "--no-dashboard"], cwd=tmp_path, env=env,
+    address = ["--address", local_ray.get_runtime_context().gcs_address]
+    procs = [subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(p), *address, "--no-dashboard"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for p in spaces]
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)

@@ -20,11 +20,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lejepa_tune.cli import main
 from lejepa_tune.config import config_from_dict
-from lejepa_tune.metrics import LOSS, OBJECTIVE, REFERENCE_ACC
+from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
-from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
+from lejepa_tune.search_space import sweep_spec_from_dict
 from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, run_sweep
-from lejepa_tune.train import LocalSink, train
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
 
@@ -118,23 +117,6 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_two_worker_trial_computes_what_one_process_computes(local_ray, tmp_path):
-    """DDP end to end: a 2-rank trial (gloo) reports the loss of the same config trained in
-    one process, since SIGReg and the projector's BatchNorm see the global batch."""
-    base = {**TINY_BASE, "eval": {"enabled": False}}
-    spec = sweep_spec_from_dict({"name": "two_workers", "base": base, "search": {}, "tune": {"num_samples": 1}, "resources": {"num_workers": 2}})
-    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", include_dashboard=False, verbose=0)
-    (trial,) = records.trials
-    assert trial.status == "completed"
-    cfg = trial_config(spec, {}, str(tmp_path / "single"))
-    single = train(cfg, LocalSink(cfg, verbose=False))
-    # Equal up to float summation order (gloo's reduction vs one process's), which Adam's
-    # per-coordinate normalisation amplifies over the steps: 2e-4 relative was seen after 4.
-    assert trial.metrics[LOSS] == pytest.approx(single[LOSS], rel=2e-3)
-    assert trial.metrics[OBJECTIVE] == pytest.approx(single[OBJECTIVE], rel=2e-2)
-
-
-@pytest.mark.slow
 def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
     spec = sweep_spec_from_dict({
         "name": "diverging",
@@ -161,7 +143,7 @@ def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
 def another_ray():
     """A second Ray instance on the machine, as another sweep would start: Ray's auto-detection
     of "the" cluster fails while it runs."""
-    code = "import ray, sys, time; ray.init(num_cpus=1, include_dashboard=False, logging_level='ERROR'); print('ready', flush=True); time.sleep(600)"
+    code = "import ray, sys, time; ray.init(num_cpus=0, include_dashboard=False, logging_level='ERROR'); print('ready', flush=True); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout.readline().strip() == "ready"
     yield

@@ -1,12 +1,14 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
 few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run
-trained the way a trial's worker trains it, a search-space file over the tiny base, and a way to
-stop a server with everything it started. (Running a function on real gloo ranks: ``ranks.py``,
-which imports torch alone, so that the spawned processes start fast.)"""
+trained the way a trial's worker trains it, a search-space file over the tiny base, the
+environment for an MLflow server, and a way to stop a server with everything it started.
+(Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that the
+spawned processes start fast.)"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,6 +83,13 @@ def tracked_records(uri: str, n: int, name: str, sweep_dir: str):
     tracker.finish()
     trials = tuple(replace(t, run_id=run_ids[t.trial_id]) for t in synthetic.trials)
     return tracker, replace(synthetic, trials=trials, tracking_uri=uri, parent_run_id=tracker.parent_run_id, experiment=name, elapsed_s=12.5)
+
+
+def mlflow_server_env() -> dict[str, str]:
+    """The environment for an ``mlflow server`` or ``mlflow ui`` a test starts: without MLflow's
+    job runner, eight more processes (about 16 core-seconds to start here) that run MLflow's
+    GenAI jobs, which the UI of training runs never asks for."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def stop_tree(pid: int) -> None:
