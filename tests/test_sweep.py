@@ -63,6 +63,35 @@ def test_the_scheduler_and_the_concurrency_follow_the_spec():
     assert _concurrency(half, {"CPU": 8, "GPU": 1}) == 2
 
 
+class Trial:  # what ASHA reads of a Tune trial
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def test_asha_stops_trials_at_its_rungs_but_never_at_the_last_epoch():
+    """A stop at the last epoch would land while the trial's Ray Train run frees its workers,
+    and leave their placement group, and its CPUs, taken for good."""
+    asha = _scheduler(sweep_spec_from_dict(SPACE))  # 6 epochs, a rung after 2
+    plain = ASHAScheduler(time_attr="training_iteration", max_t=6, grace_period=2, reduction_factor=3)
+    for scheduler in (asha, plain):
+        scheduler.set_search_properties(OBJECTIVE, "max")
+    a, b, c = Trial("a"), Trial("b"), Trial("c")
+    for scheduler in (asha, plain):
+        for trial in (a, b, c):
+            scheduler.on_trial_add(None, trial)
+
+    def result(epoch: int, value: float) -> dict:
+        return {"training_iteration": epoch, OBJECTIVE: value}
+
+    assert asha.on_trial_result(None, a, result(2, 1.0)) == "CONTINUE"
+    assert asha.on_trial_result(None, b, result(2, 0.5)) == "STOP"  # below the first rung's cutoff
+    assert asha.on_trial_result(None, c, result(2, 2.0)) == "CONTINUE"
+    assert asha.on_trial_result(None, a, result(6, 1.0)) == "CONTINUE"  # done: it ends by itself
+    assert asha.on_trial_result(None, c, result(6, 0.5)) == "CONTINUE"
+    # Tune's own ASHA, on the same results, stops a trial at its last epoch.
+    assert [plain.on_trial_result(None, t, result(*r)) for t, r in ((a, (2, 1.0)), (b, (2, 0.5)), (a, (6, 1.0)))] == ["CONTINUE", "STOP", "STOP"]
+
+
 @pytest.mark.slow
 def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
