@@ -195,11 +195,9 @@ class FinishingASHA(ASHAScheduler):
     forever. A trial at its last epoch has nothing left to stop: it ends by itself."""
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
-            self._num_stopped -= 1
+        if result.get(self._time_attr, 0) >= self._max_t:
             return TrialScheduler.CONTINUE
-        return action
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 def _scheduler(spec: SweepSpec):

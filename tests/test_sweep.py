@@ -73,10 +73,9 @@ def test_asha_stops_trials_at_its_rungs_but_never_at_the_last_epoch():
     and leave their placement group, and its CPUs, taken for good."""
     asha = _scheduler(sweep_spec_from_dict(SPACE))  # 6 epochs, a rung after 2
     plain = ASHAScheduler(time_attr="training_iteration", max_t=6, grace_period=2, reduction_factor=3)
-    for scheduler in (asha, plain):
-        scheduler.set_search_properties(OBJECTIVE, "max")
     a, b, c = Trial("a"), Trial("b"), Trial("c")
     for scheduler in (asha, plain):
+        scheduler.set_search_properties(OBJECTIVE, "max")
         for trial in (a, b, c):
             scheduler.on_trial_add(None, trial)
 
