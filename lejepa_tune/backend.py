@@ -16,6 +16,14 @@ them. Hand it to Ray's ``DataParallelTrainer`` with :func:`torch_trainer`.
 A run given no Ray Datasets (every sweep whose data is held in memory) also leaves out Ray
 Train's datasets callback, which would start a ``DatasetManager`` actor for the run, a process of
 its own, and hand Ray Data's context to every worker, for datasets the run does not have.
+
+A run that nothing outside it can stop (``placement_group_cleaner=False``) also leaves out Ray
+Train's placement-group cleaner: a detached actor per run (one more process, which imports Ray
+Train) that asks the dashboard's state API every second whether the run's controller is alive, to
+free the workers' placement group if the controller is killed. Only a killed controller needs it
+(a scheduler that stops trials kills theirs); a run that ends by itself, or fails, frees its
+placement group itself, and when the sweep's driver dies Ray frees the placement groups of its
+job.
 """
 
 from __future__ import annotations
@@ -63,24 +71,36 @@ class TorchConfig(BackendConfig):
         return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}
 
 
-def torch_trainer(train_loop_per_worker: Callable[[dict[str, Any]], None], *, torch_config: TorchConfig | None = None, **kwargs: Any) -> DataParallelTrainer:
+def torch_trainer(
+    train_loop_per_worker: Callable[[dict[str, Any]], None],
+    *,
+    torch_config: TorchConfig | None = None,
+    placement_group_cleaner: bool = True,
+    **kwargs: Any,
+) -> DataParallelTrainer:
     """Ray Train's ``TorchTrainer(train_loop_per_worker, **kwargs)`` with :class:`TorchConfig`:
-    the same run, the same keyword arguments."""
-    return _DataParallelTrainer(train_loop_per_worker, backend_config=torch_config or TorchConfig(), **kwargs)
+    the same run, the same keyword arguments. ``placement_group_cleaner=False`` leaves Ray
+    Train's placement-group cleaner out, for a run whose controller nothing kills."""
+    trainer = _DataParallelTrainer(train_loop_per_worker, backend_config=torch_config or TorchConfig(), **kwargs)
+    trainer.placement_group_cleaner = placement_group_cleaner
+    return trainer
 
 
 class _DataParallelTrainer(DataParallelTrainer):
-    """Ray's ``DataParallelTrainer``, without its datasets callback when it has no datasets."""
+    """Ray's ``DataParallelTrainer``, without its datasets callback when it has no datasets, and
+    without its placement-group cleaner when told so."""
+
+    placement_group_cleaner = True
 
     def _create_default_callbacks(self) -> list:
         callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
         try:
             from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-        except ImportError:  # a Ray that moved it: its defaults, unchanged
+            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        except ImportError:  # a Ray that moved them: its defaults, unchanged
             return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+        left_out = (() if self.datasets else (DatasetsCallback,)) + (() if self.placement_group_cleaner else (PlacementGroupCleanerCallback,))
+        return [c for c in callbacks if not isinstance(c, left_out)]
 
 
 def process_group_backend(resources_per_worker: dict[str, float]) -> str:

@@ -28,7 +28,7 @@ from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
 from .worker import train_worker
 
-__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "poll_workers_often", "trial_driver"]
+__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "needs_placement_group_cleaner", "poll_workers_often", "trial_driver"]
 
 # Ray Train's settings read in the process that starts a run and passed on to the run's
 # controller: its preemption watcher, and how often the controller polls its workers.
@@ -79,6 +79,17 @@ def skip_preemption_watcher(alive_nodes: int) -> None:
         os.environ.setdefault(PREEMPTION_WATCHER, "0")
 
 
+def needs_placement_group_cleaner(spec: SweepSpec, alive_nodes: int) -> bool:
+    """Whether a trial's run needs Ray Train's placement-group cleaner, which frees the run's
+    workers when its controller is killed: when a scheduler can stop the trial (Tune kills a
+    stopped trial's actor, and the controller with it), or when the cluster has more than one
+    node (a lost node can take the trial's actor, and the controller with it, while the workers'
+    resources on the other nodes stay held). A trial no scheduler stops, on one node, ends by
+    itself or fails, and its controller frees the placement group either way; when the sweep's
+    driver dies, Ray frees its job's placement groups."""
+    return spec.tune.scheduler != "none" or alive_nodes > 1
+
+
 def poll_workers_often() -> None:
     """Has Ray Train's controller poll its workers every ``POLL_INTERVAL_S`` instead of its
     default 2 s.
@@ -106,7 +117,8 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
         ray.tune.report(finished)
         return
     cpus, gpus = resolve_resources(spec, ray.cluster_resources())
-    skip_preemption_watcher(sum(1 for node in ray.nodes() if node["Alive"]))
+    alive_nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    skip_preemption_watcher(alive_nodes)
     poll_workers_often()
     streamed = None
     if not cfg.data.in_memory:
@@ -118,6 +130,7 @@ def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, d
         streamed = {TRAIN: split_dataset(build_datasets(cfg.data).train)}
     trainer = torch_trainer(
         train_worker,
+        placement_group_cleaner=needs_placement_group_cleaner(spec, alive_nodes),
         datasets=streamed,
         train_loop_config={"config": config_to_dict(cfg), "cpus_per_worker": cpus, "data": data, "started_at": started_at},
         scaling_config=ray.train.ScalingConfig(

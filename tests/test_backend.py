@@ -58,10 +58,12 @@ def test_ray_trains_controller_unpickles_the_run_without_importing_torch():
     assert loaded.stdout.decode().split() == ["TorchConfig", "False"]
 
 
-def test_a_run_without_datasets_starts_no_dataset_manager(tmp_path):
+def test_a_run_leaves_out_the_dataset_manager_without_datasets_and_the_cleaner_when_told(tmp_path):
     """Ray Train's datasets callback (a DatasetManager actor per run, Ray Data's context sent to
-    every worker) only where the run has Ray Datasets: the streamed data of test_streaming.py."""
+    every worker) only where the run has Ray Datasets: the streamed data of test_streaming.py;
+    its placement-group cleaner (a detached actor per run) unless the run is told it needs none."""
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     def callbacks(**kwargs) -> list[str]:
         trainer = torch_trainer(train_worker, train_loop_config={}, scaling_config=ray.train.ScalingConfig(num_workers=2),
@@ -72,6 +74,9 @@ def test_a_run_without_datasets_starts_no_dataset_manager(tmp_path):
     assert DatasetsCallback.__name__ not in without and DatasetsCallback.__name__ in with_data
     # Nothing else is left out: the backend, the placement-group cleaner, the user callbacks.
     assert sorted(with_data) == sorted([*without, DatasetsCallback.__name__])
+    assert PlacementGroupCleanerCallback.__name__ in without
+    no_cleaner = callbacks(placement_group_cleaner=False)
+    assert sorted(without) == sorted([*no_cleaner, PlacementGroupCleanerCallback.__name__])
 
 
 def test_the_config_reads_as_ray_train_expects():

@@ -91,13 +91,28 @@ def test_asha_stops_trials_at_its_rungs_but_never_at_the_last_epoch():
     assert [plain.on_trial_result(None, t, result(*r)) for t, r in ((a, (2, 1.0)), (b, (2, 0.5)), (a, (6, 1.0)))] == ["CONTINUE", "STOP", "STOP"]
 
 
+def placement_group_cleaners() -> int:
+    """How many of Ray Train's placement-group cleaners the session's Ray has started, alive
+    or dead."""
+    from ray.util.state import list_actors
+
+    cleaners = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", "PlacementGroupCleaner")],
+                           limit=10_000, raise_on_missing_output=False)
+    return len(cleaners)
+
+
 @pytest.mark.slow
 def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path, "two_trials", LAM_SEARCH, {"num_samples": 2, "seed": 0})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cleaners_before = placement_group_cleaners()
     assert main(["run", str(space), "--tracking-uri", uri, "--no-dashboard"]) == 0
     out = capsys.readouterr().out
+    # Ray Train's placement-group cleaner is left out of trials no scheduler stops, on one node,
+    # and their runs free their workers all the same.
+    assert placement_group_cleaners() == cleaners_before
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
     records = read_records(str(sweep_dir))
 
@@ -194,7 +209,9 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
                  "points_to_evaluate": [{"optim.lr": 1e-8}, {"optim.lr": 2e-3}]},
     })
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cleaners_before = placement_group_cleaners()
     records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=uri, verbose=0)
+    assert placement_group_cleaners() == cleaners_before + 2  # one per trial, which ASHA may stop
     by_lr = {t.params["optim.lr"]: t for t in records.trials}
     assert (by_lr[1e-8].status, by_lr[1e-8].epochs) == ("completed", 2)
     assert (by_lr[2e-3].status, by_lr[2e-3].epochs) == ("stopped", 1)

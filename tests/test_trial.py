@@ -13,8 +13,8 @@ import pytest
 
 from lejepa_tune.metrics import EPOCH, LOSS
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.trial import (CHECKPOINT_PATH, POLL_INTERVAL, POLL_INTERVAL_S, PREEMPTION_WATCHER, finished_run, poll_workers_often,
-                               resolve_resources, skip_preemption_watcher, trial_output_dir)
+from lejepa_tune.trial import (CHECKPOINT_PATH, POLL_INTERVAL, POLL_INTERVAL_S, PREEMPTION_WATCHER, finished_run,
+                               needs_placement_group_cleaner, poll_workers_often, resolve_resources, skip_preemption_watcher, trial_output_dir)
 
 
 def checkpoint(run_dir, index: int, epoch: int | None) -> str:
@@ -68,6 +68,13 @@ def test_the_preemption_watcher_is_left_out_on_one_node_unless_the_user_set_it(m
     monkeypatch.setenv(PREEMPTION_WATCHER, "1")
     skip_preemption_watcher(alive_nodes=1)
     assert os.environ[PREEMPTION_WATCHER] == "1"
+
+
+def test_only_a_trial_a_scheduler_can_stop_or_a_node_loss_can_orphan_keeps_the_placement_group_cleaner():
+    fifo, asha = (sweep_spec_from_dict({"name": "s", "tune": {"scheduler": name}}) for name in ("none", "asha"))
+    assert not needs_placement_group_cleaner(fifo, alive_nodes=1)
+    assert needs_placement_group_cleaner(fifo, alive_nodes=2)
+    assert needs_placement_group_cleaner(asha, alive_nodes=1) and needs_placement_group_cleaner(asha, alive_nodes=2)
 
 
 def test_the_controller_polls_its_workers_more_often_unless_the_user_set_it(monkeypatch):
