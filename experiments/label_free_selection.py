@@ -167,7 +167,7 @@ def main() -> None:
 
     results = {}
     if not args.analyse_only:
-        ray.init(address=args.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=args.address or "local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     for name in names:
         for seed in seeds:
             key = f"{name}_seed{seed}"

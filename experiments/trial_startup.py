@@ -153,8 +153,8 @@ def sweep_seconds(root: Path, overrides: list[str], trials: int) -> tuple[list[f
 
 def local_ray(**kwargs) -> None:
     """A Ray of this machine with 2 CPUs (two trials at a time, as on the machine the README's
-    figures come from), quiet."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
+    figures come from), quiet; a new one, never a cluster found by auto-detection."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
 
 
 def process_imports(root: Path, overrides: list[str], trials: int) -> tuple[list[list], list[list]]:

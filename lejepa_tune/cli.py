@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR after its driver died (its own spec.yaml; no SPACE, no --set)")
     p.add_argument("--num-samples", type=int, help="number of trials (tune.num_samples)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key: tune.*, resources.*, tracking.*, selection.* address the sweep, anything else the base training config (e.g. train.epochs=2)")
-    p.add_argument("--address", help="Ray cluster to join ('auto' or HOST:PORT); default: start a local Ray")
+    p.add_argument("--address", help="Ray cluster to join ('auto' or HOST:PORT); default: $RAY_ADDRESS where set, else start a local Ray")
     p.add_argument("--storage-path", default="sweeps", help="where sweep directories are created (default: ./sweeps)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.tracking_uri, else sqlite:///mlflow.db)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (not with tune.scheduler: asha: Ray Train frees a stopped trial's workers through its state API)")

@@ -42,7 +42,7 @@ from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import resolve_resources, trial_driver, trial_output_dir
 
-__all__ = ["new_sweep_dir", "run_sweep", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SPEC_FILE"]
+__all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SPEC_FILE"]
 
 SPEC_FILE = "spec.yaml"
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -225,10 +225,21 @@ def _shared_data(spec: SweepSpec) -> Any:
     return {"ref": ray.put(decoded)}
 
 
+def ray_address(address: str | None) -> str | None:
+    """The Ray cluster a sweep joins: ``address`` (``--address``), else Ray's own ``RAY_ADDRESS``
+    (which Ray Jobs set for the command they run), else none, and the sweep starts a local Ray.
+
+    Never a cluster found by auto-detection, as a bare ``ray.init()`` would join the last one
+    ``ray start`` started on the machine: a test's or another user's cluster that happens to run
+    there, which the sweep would then outlive or be killed with. ``--address auto`` asks for
+    that cluster."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def check_dashboard(spec: SweepSpec, include_dashboard: bool, address: str | None) -> None:
     """Refuses a sweep whose scheduler stops trials on a Ray this process would start without
     its dashboard: Ray Train frees a stopped trial's workers through the dashboard's state API."""
-    if spec.tune.scheduler != "none" and not include_dashboard and address is None:
+    if spec.tune.scheduler != "none" and not include_dashboard and ray_address(address) is None:
         raise ConfigError(f"{spec.source}: tune.scheduler: {spec.tune.scheduler} stops trials early, and Ray Train frees a stopped trial's workers "
                           "through the Ray dashboard's state API: run it with the dashboard (without --no-dashboard)")
 
@@ -238,13 +249,14 @@ def init_ray(address: str | None = None, include_dashboard: bool = True, **kwarg
     starts, every worker told where that dashboard is (``RAY_API_SERVER_ADDRESS``). Ray Train's
     placement-group cleaner finds the state API by auto-detection, which fails as soon as a
     second Ray runs on the machine (another sweep, a test's cluster); then no stopped trial's
-    workers would ever be freed."""
+    workers would ever be freed. Which cluster: :func:`ray_address`."""
+    address = ray_address(address)
     if address is None and include_dashboard:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         kwargs.update(dashboard_port=port, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
-    return ray.init(address=address, include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
+    return ray.init(address=address or "local", include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
 
 
 def _state_api_available(wait_s: float = 30.0) -> bool:

@@ -64,3 +64,16 @@ def test_two_worker_trials_across_two_nodes_with_storage_by_uri(two_nodes, tmp_p
     assert main(["select", sweep_uri, "--export", str(tmp_path / "chosen")]) == 0
     assert json.loads((tmp_path / "chosen" / "selection.json").read_text())["checkpoint"] == trial.checkpoint
     assert (tmp_path / "chosen" / "model.safetensors").is_file()
+
+
+def test_a_sweep_given_no_address_starts_its_own_ray_beside_a_running_cluster(two_nodes):
+    """`ray start` (here, the cluster's head) leaves its address where a bare `ray.init()`
+    finds and joins it: a sweep without --address (nor RAY_ADDRESS) would have run its trials on
+    that cluster, and died with it (seen when two test workers ran the two-node cluster and a
+    killed driver at once). It starts a Ray of its own instead."""
+    code = ("import ray; from lejepa_tune.sweep import init_ray; "
+            "init_ray(include_dashboard=False, num_cpus=1, logging_level='ERROR'); print(ray.get_runtime_context().gcs_address)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert started.stdout.split()[-1] != two_nodes.address

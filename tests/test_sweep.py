@@ -23,7 +23,7 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, run_sweep
+from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, ray_address, run_sweep
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
 
@@ -186,7 +186,7 @@ def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
 def another_ray():
     """A second Ray instance on the machine, as another sweep would start: Ray's auto-detection
     of "the" cluster fails while it runs."""
-    code = "import ray, sys, time; ray.init(num_cpus=0, include_dashboard=False, logging_level='ERROR'); print('ready', flush=True); time.sleep(600)"
+    code = "import ray, sys, time; ray.init(address='local', num_cpus=0, include_dashboard=False, logging_level='ERROR'); print('ready', flush=True); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout.readline().strip() == "ready"
     yield
@@ -224,6 +224,13 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(1)
     assert local_ray.available_resources().get("CPU", 0) == 2
+
+
+def test_a_sweep_joins_the_address_it_is_given_else_ray_address_else_starts_its_own(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(None) is None and ray_address("10.0.0.1:6379") == "10.0.0.1:6379" and ray_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")  # as Ray Jobs set it for their command
+    assert ray_address(None) == "10.0.0.2:6379" and ray_address("10.0.0.1:6379") == "10.0.0.1:6379"
 
 
 def test_asha_without_the_dashboard_is_refused_before_ray_starts(tmp_path, capsys):
