@@ -89,7 +89,7 @@ def main() -> None:
     os.chdir(ROOT)  # the README's test command runs from the project's root, where `testpaths` applies
     cores = psutil.cpu_count()
     plugin = CpuPerTest()
-    pytest_args = [*(SMOKE if args.smoke_test else args.pytest_args), "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}"]
+    pytest_args = [*(SMOKE if args.smoke_test else args.pytest_args), "-q", "-p", "no:cacheprovider", "-n", "0", f"--rootdir={ROOT}"]
     speed_before = speed_line(1 if args.smoke_test else 3)
     wall, cpu = time.perf_counter(), busy_seconds()
     code = pytest.main(pytest_args, plugins=[plugin])
