@@ -15,6 +15,13 @@ twice the CPU on a slow day.
     python experiments/suite_cpu.py                        # the whole suite (9-18 min on 2 cores)
     python experiments/suite_cpu.py -- -m "not slow"       # the quick loop
     python experiments/suite_cpu.py --smoke-test           # one small test file, for CI
+
+With ``--workers``, the suite instead runs once per worker count given (``-n 0``: one process;
+``-n 2``: two pytest-xdist workers, as the README's test command runs it), ``--rounds`` times,
+alternating, each as a fresh ``python -m pytest``, and only the totals are reported: with tests
+running side by side, the machine's CPU cannot be split between them.
+
+    python experiments/suite_cpu.py --workers 0 2          # one process against two workers
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,13 +87,38 @@ def summary(rows: list[dict], wall: float, cpu: float, cores: int) -> list[list]
     ]
 
 
+def compare_workers(workers: list[int], rounds: int, pytest_args: list[str], cores: int, smoke: bool) -> int:
+    """The suite once per worker count, ``rounds`` times alternating: wall time, the machine's
+    CPU, and the share of its cores that was busy, side by side."""
+    rows, worst = [], 0
+    print(f"before, {speed_line(1 if smoke else 3)}")
+    for round_ in range(1, rounds + 1):
+        for n in workers:
+            command = [sys.executable, "-m", "pytest", *pytest_args, "-q", "-p", "no:cacheprovider", "-n", str(n)]
+            wall, cpu = time.perf_counter(), busy_seconds()
+            proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            wall, cpu = time.perf_counter() - wall, busy_seconds() - cpu
+            outcome = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?) in [\d.]+s", proc.stdout, re.M)
+            rows.append([round_, n, f"{wall:.0f}", f"{cpu:.0f}", share(cpu, wall, cores), outcome[-1] if outcome else f"exit {proc.returncode}"])
+            worst = max(worst, proc.returncode)
+    if not smoke:
+        print(f"afterwards, {speed_line()}")
+    print(format_table(["round", "pytest -n", "wall (s)", "CPU (core-s)", f"share of the {cores} cores busy", "tests"], rows))
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--output-dir", default=None, help="where the per-test JSON goes (default: a new temporary folder)")
     parser.add_argument("--top", type=int, default=15, help="how many of the costliest tests to list")
+    parser.add_argument("--workers", type=int, nargs="+", default=None, help="compare the suite's totals run with these pytest-xdist worker counts")
+    parser.add_argument("--rounds", type=int, default=1, help="with --workers: how many times to run each, alternating")
     parser.add_argument("pytest_args", nargs="*", help="pytest's arguments, after --")
     args = parser.parse_args()
+    if args.workers:
+        pytest_args = SMOKE if args.smoke_test else args.pytest_args
+        raise SystemExit(compare_workers(args.workers, args.rounds, pytest_args, psutil.cpu_count(), args.smoke_test))
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="suite_cpu_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)  # the README's test command runs from the project's root, where `testpaths` applies
