@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def pytest_collection_modifyitems(config, items):
     """The end-to-end (``slow``) tests first, each file's in its order: with the suite split
-    between workers (pytest-xdist), the quick tests then fill the gaps at the end, instead of one
-    worker running a long sweep alone while the other has finished."""
+    between workers (``pytest -n 2``), the quick tests then fill the gaps at the end, instead of
+    one worker running a long sweep alone while the other has finished."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
