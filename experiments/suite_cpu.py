@@ -101,6 +101,11 @@ def compare_workers(workers: list[int], rounds: int, pytest_args: list[str], cor
             outcome = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?) in [\d.]+s", proc.stdout, re.M)
             rows.append([round_, n, f"{wall:.0f}", f"{cpu:.0f}", share(cpu, wall, cores), outcome[-1] if outcome else f"exit {proc.returncode}"])
             worst = max(worst, proc.returncode)
+            failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+            if failures:  # which, and where the whole output went, for the failure to be read
+                log = Path(tempfile.mkstemp(prefix=f"suite_n{n}_round{round_}_", suffix=".log")[1])
+                log.write_text(proc.stdout + proc.stderr)
+                print("\n".join(failures) + f"\n(pytest's output: {log})", flush=True)
     if not smoke:
         print(f"afterwards, {speed_line()}")
     print(format_table(["round", "pytest -n", "wall (s)", "CPU (core-s)", f"share of the {cores} cores busy", "tests"], rows))

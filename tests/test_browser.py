@@ -106,9 +106,10 @@ def test_the_ray_dashboard_answers_behind_its_token_and_shows_a_sweeps_trial(bro
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "lejepa-test-token-0123456789"}
     temp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # short: Ray's socket paths live below it
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_cli, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", "--num-cpus=1",
-                    "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"], env=env, check=True, capture_output=True, timeout=180)
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", "--num-cpus=1",
+                              "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"], env=env, capture_output=True, text=True, timeout=180)
     try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/api/authentication_mode")
         hint = dashboard_hint(url)
