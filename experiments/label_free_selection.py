@@ -32,7 +32,7 @@ from lejepa_tune.analysis import analyse
 from lejepa_tune.records import read_records
 from lejepa_tune.report import format_table
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import run_sweep
+from lejepa_tune.sweep import init_ray, run_sweep
 
 SWEEPS = {
     "A_lambda_lr_wd_epochs": {
@@ -167,7 +167,7 @@ def main() -> None:
 
     results = {}
     if not args.analyse_only:
-        ray.init(address=args.address or "local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        init_ray(args.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     for name in names:
         for seed in seeds:
             key = f"{name}_seed{seed}"

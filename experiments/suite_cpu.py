@@ -17,7 +17,7 @@ twice the CPU on a slow day.
     python experiments/suite_cpu.py --smoke-test           # one small test file, for CI
 
 With ``--workers``, the suite instead runs once per worker count given (``-n 0``: one process;
-``-n 2``: two pytest-xdist workers, as the README's test command runs it), ``--rounds`` times,
+``-n 2``: two pytest-xdist workers), ``--rounds`` times,
 alternating, each as a fresh ``python -m pytest``, and only the totals are reported: with tests
 running side by side, the machine's CPU cannot be split between them.
 
