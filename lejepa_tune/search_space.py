@@ -9,7 +9,7 @@ label-free selection are set up::
     search:
       loss.lam: {type: loguniform, low: 0.005, high: 0.5}
       views.n_global: {type: choice, values: [2, 4]}
-    tune: {num_samples: 8, metric: labelfree/objective, mode: max, seed: 0, scheduler: none}
+    tune: {num_samples: 8, metric: labelfree/objective, mode: max, seed: 0, searcher: tpe, scheduler: none}
     resources: {num_workers: 1, cpus_per_worker: 1, gpus_per_worker: auto}
     tracking: {experiment: null, tracking_uri: null}
     selection: {criterion: auto}
@@ -115,6 +115,9 @@ class TuneSpec:
     metric: str = OBJECTIVE
     mode: Literal["min", "max"] = OBJECTIVE_MODE
     seed: int = 0
+    # Optuna's sampler: TPE (learns from the trials so far), or random (draws every trial
+    # independently; with ASHA the fair comparison, as FIFO and ASHA then run the same trials).
+    searcher: Literal["tpe", "random"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
     # ASHA: the minimum number of epochs before a trial may be stopped, and the halving rate.
     grace_period: int = field(default=1, metadata={"check": (lambda v: v > 0, "an integer > 0")})

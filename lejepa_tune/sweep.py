@@ -151,12 +151,15 @@ def _optuna_storage(sweep_dir: str) -> str | None:
 
 
 def _searcher(spec: SweepSpec, sweep_dir: str) -> OptunaSearch | None:
-    """Optuna's TPE (seeded), on the space Tune hands it (:func:`_param_space`), with the
-    metric and mode of the Tune config."""
+    """Optuna's sampler (seeded): TPE, or random search (``tune.searcher``), on the space Tune
+    hands it (:func:`_param_space`), with the metric and mode of the Tune config."""
     if not spec.search:
         return None
     n = spec.tune.num_samples
-    sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, n // 2)))
+    if spec.tune.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.tune.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, n // 2)))
     url = _optuna_storage(sweep_dir)
     return _OptunaSearch(
         sampler=sampler,

@@ -115,6 +115,7 @@ search:
         ("name: s\ntune: {num_samples: 0}\n", "tune.num_samples", "> 0"),
         ("name: s\ntune: {schedular: asha}\n", "tune.schedular", "unknown key"),
         ("name: s\ntune: {scheduler: hyperband}\n", "tune.scheduler", "'asha'"),
+        ("name: s\ntune: {searcher: bohb}\n", "tune.searcher", "'random'"),
         ("name: s\nresources: {num_workers: -1}\n", "resources.num_workers", "> 0"),
         ("name: s\nsearches: {}\n", "searches", "unknown key"),
         ("search: {}\n", "name", "non-empty name"),

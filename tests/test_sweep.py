@@ -23,7 +23,7 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, ray_address, run_sweep
+from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, _searcher, ray_address, run_sweep
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
 
@@ -46,6 +46,29 @@ def test_the_tune_space_becomes_the_declared_optuna_distributions():
     spec = sweep_spec_from_dict(SPACE)
     converted = OptunaSearch.convert_search_space(_param_space(spec))
     assert converted == {k: d.to_optuna() for k, d in spec.search.items()}
+
+
+def test_random_search_draws_the_same_trials_whatever_they_score_and_tpe_learns(tmp_path):
+    """A real Optuna study behind Ray's OptunaSearch: with ``tune.searcher: random`` the trials
+    a seed draws do not depend on their results (so a FIFO and an ASHA sweep of one seed train
+    the same configurations); TPE, fed opposite results, proposes different ones."""
+
+    def proposals(searcher: str, sign: float, n: int = 8) -> list[dict]:
+        spec = sweep_spec_from_dict({**SPACE, "tune": {"num_samples": n, "seed": 3, "searcher": searcher}})
+        sweep_dir = tmp_path / f"{searcher}{sign}"
+        sweep_dir.mkdir()
+        search = _searcher(spec, str(sweep_dir))
+        search.set_search_properties(OBJECTIVE, "max", _param_space(spec))
+        drawn = []
+        for i in range(n):
+            drawn.append(search.suggest(f"t{i}"))
+            search.on_trial_complete(f"t{i}", {OBJECTIVE: sign * drawn[-1]["loss.lam"]})
+        return drawn
+
+    at_random = _searcher(sweep_spec_from_dict({**SPACE, "tune": {"searcher": "random"}}), str(tmp_path))
+    assert isinstance(at_random._sampler, optuna.samplers.RandomSampler)
+    assert proposals("random", 1.0) == proposals("random", -1.0)
+    assert proposals("tpe", 1.0) != proposals("tpe", -1.0)
 
 
 def test_the_scheduler_and_the_concurrency_follow_the_spec():
