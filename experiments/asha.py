@@ -6,6 +6,7 @@ trained), the wall time, and the regret of the label-free choice against the ref
     python experiments/asha.py --output-dir DIR            # the README's table (~1 h on 2 cores)
     python experiments/asha.py --smoke-test                # tiny, for CI
     python experiments/asha.py --output-dir DIR --set tune.reduction_factor=4   # another ASHA setting
+    python experiments/asha.py --output-dir DIR --set tune.searcher=random      # random search: FIFO and ASHA train the same trials
 
 Sweeps already finished in ``DIR`` (by name) are read back, not run again: a FIFO run does not
 depend on ASHA's settings, so one can be copied in from another output directory.

@@ -62,7 +62,9 @@ def _concurrency(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
 
 def dashboard_hint(url: str) -> str:
     """Where the Ray dashboard is, and, when the cluster asks for a token (Ray's default for
-    local clusters since 2.59), how to get past its dialog. The token itself is never printed."""
+    local clusters since 2.59), how to get past its dialog. A dashboard that does not say
+    whether it asks (one still starting, on a busy machine) gets the same line, as a
+    condition. The token itself is never printed."""
     try:
         with urllib.request.urlopen(f"{url}/api/authentication_mode", timeout=5) as response:
             mode = json.load(response).get("authentication_mode")
@@ -71,6 +73,8 @@ def dashboard_hint(url: str) -> str:
     hint = f"Ray dashboard: {url} (trials and their Train workers: Jobs and Actors; logs: Logs)"
     if mode == "token":
         hint += "\n  it asks for a token: paste what `ray get-auth-token` prints on this machine"
+    elif mode is None:
+        hint += "\n  if it asks for a token: paste what `ray get-auth-token` prints on this machine"
     return hint
 
 

@@ -21,8 +21,9 @@ from tiny import train_like_a_worker, write_space
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes():
+    """One cluster for the module's tests (each start takes 7-8 s): neither test changes it."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

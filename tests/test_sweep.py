@@ -4,9 +4,11 @@ one epoch, a one-block ViT."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -23,7 +25,8 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, _searcher, ray_address, run_sweep
+from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, _searcher, dashboard_hint, ray_address, run_sweep
+from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
 
@@ -262,3 +265,34 @@ def test_asha_without_the_dashboard_is_refused_before_ray_starts(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(space) in err[0] and "tune.scheduler" in err[0] and "--no-dashboard" in err[0]
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_the_dashboard_hint_says_how_to_pass_a_token_dialog_and_never_prints_the_token():
+    """Against a real HTTP server answering as Ray's dashboard does: a dashboard that asks for
+    a token gets the line, one that does not gets none, one that does not answer (still
+    starting) gets it as a condition."""
+    answers = {"/api/authentication_mode": b'{"authentication_mode": "token"}'}
+
+    class Dashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answers["/api/authentication_mode"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        asks = dashboard_hint(url)
+        answers["/api/authentication_mode"] = b'{"authentication_mode": "disabled"}'
+        open_dashboard = dashboard_hint(url)
+    finally:
+        server.shutdown()
+    silent = dashboard_hint(f"http://127.0.0.1:{free_port()}")
+    assert asks.splitlines()[0] == open_dashboard.splitlines()[0] == f"Ray dashboard: {url} (trials and their Train workers: Jobs and Actors; logs: Logs)"
+    assert asks.splitlines()[1] == "  it asks for a token: paste what `ray get-auth-token` prints on this machine"
+    assert len(open_dashboard.splitlines()) == 1
+    assert silent.splitlines()[1] == "  if it asks for a token: paste what `ray get-auth-token` prints on this machine"
