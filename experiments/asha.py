@@ -22,6 +22,7 @@ from pathlib import Path
 import ray
 
 from lejepa_tune.analysis import analyse
+from lejepa_tune.metrics import REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.report import format_table
 from lejepa_tune.search_space import load_sweep_spec
@@ -60,12 +61,17 @@ def main() -> None:
             epochs = sum(t.epochs for t in records.trials)
             full = sum(int(t.params.get("train.epochs", records.spec["base"]["train"]["epochs"])) for t in records.trials)
             a = analysis.selection.agreements["objective"]
+            reference = {t.trial_id: t.metrics.get(REFERENCE_ACC) for t in records.trials}
+            pick, best = reference.get(analysis.selection.choice), reference.get(analysis.selection.best_by_reference)
             results[name] = {"trial_epochs": epochs, "full_epochs": full, "minutes": records.elapsed_s / 60, "regret": a.regret,
-                             "spearman": a.spearman, "completed": sum(t.status == "completed" for t in records.trials), "trials": len(records.trials)}
-            rows.append([name, f"{results[name]['completed']}/{len(records.trials)}", epochs, f"{epochs / full:.0%}", records.elapsed_s / 60, 100 * a.regret, a.spearman])
+                             "spearman": a.spearman, "completed": sum(t.status == "completed" for t in records.trials), "trials": len(records.trials),
+                             "pick_reference": pick, "best_reference": best}
+            rows.append([name, f"{results[name]['completed']}/{len(records.trials)}", epochs, f"{epochs / full:.0%}", records.elapsed_s / 60, 100 * a.regret,
+                         a.spearman, pick, best])
     ray.shutdown()
     (root / "results.json").write_text(json.dumps(results, indent=2))
-    print(format_table(["sweep", "completed", "trial-epochs", "of all", "minutes", "regret (points)", "objective ρ (completed)"], rows))
+    print(format_table(["sweep", "completed", "trial-epochs", "of all", "minutes", "regret (points)", "objective ρ (completed)",
+                        "its pick's reference accuracy", "best finished trial's"], rows))
 
 
 if __name__ == "__main__":
