@@ -135,8 +135,9 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
 def test_two_sweeps_started_together_share_one_mlflow_database(local_ray, tmp_path):
     """Two `lejepa-tune run` in one directory at the same moment, both on the default
     sqlite:///mlflow.db, on one Ray cluster (the session's): both complete, with all their runs
-    and metrics. (A `run` that starts its own Ray: the killed driver above.)"""
-    spaces = [write_space(tmp_path, name, LAM_SEARCH, {"num_samples": 1}) for name in ("left", "right")]
+    and metrics. (A `run` that starts its own Ray: the killed driver above.) One searches with
+    TPE, the other at random (`tune.searcher: random`)."""
+    spaces = [write_space(tmp_path, name, LAM_SEARCH, {"num_samples": 1, "searcher": searcher}) for name, searcher in (("left", "tpe"), ("right", "random"))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     address = ["--address", local_ray.get_runtime_context().gcs_address]
     procs = [subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(p), *address, "--no-dashboard"], cwd=tmp_path, env=env,
