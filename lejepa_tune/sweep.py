@@ -63,8 +63,8 @@ def _concurrency(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
 def dashboard_hint(url: str) -> str:
     """Where the Ray dashboard is, and, when the cluster asks for a token (Ray's default for
     local clusters since 2.59), how to get past its dialog. A dashboard that does not say
-    whether it asks (one still starting, on a busy machine) gets the same line, as a
-    condition. The token itself is never printed."""
+    whether it asks (not reachable from here, not yet up, or a Ray without the question) gets
+    the same line, as a condition. The token itself is never printed."""
     try:
         with urllib.request.urlopen(f"{url}/api/authentication_mode", timeout=5) as response:
             mode = json.load(response).get("authentication_mode")

@@ -267,10 +267,10 @@ def test_asha_without_the_dashboard_is_refused_before_ray_starts(tmp_path, capsy
     assert not (tmp_path / "sweeps").exists()
 
 
-def test_the_dashboard_hint_says_how_to_pass_a_token_dialog_and_never_prints_the_token():
+def test_the_dashboard_hint_says_how_to_pass_a_token_dialog_where_there_is_or_may_be_one():
     """Against a real HTTP server answering as Ray's dashboard does: a dashboard that asks for
-    a token gets the line, one that does not gets none, one that does not answer (still
-    starting) gets it as a condition."""
+    a token gets the line, one that does not gets none, one that does not answer (nothing
+    listens on its port) gets it as a condition."""
     answers = {"/api/authentication_mode": b'{"authentication_mode": "token"}'}
 
     class Dashboard(http.server.BaseHTTPRequestHandler):
