@@ -38,7 +38,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.report import format_table
 
-SETTINGS = [(1, 2), (1, 3), (1, 4), (1, 8), (2, 2), (2, 3)]  # (grace period, reduction factor)
+SETTINGS = [(1, 2), (1, 3), (1, 4), (1, 8), (2, 2), (2, 3), (2, 4), (2, 8), (3, 4), (3, 8)]  # (grace period, reduction factor)
 TARGET_COMPUTE, TARGET_REGRET = 0.40, 0.01  # the target: <= 40 % of FIFO's compute, <= 1 point more regret
 
 
