@@ -274,10 +274,10 @@ def test_the_dashboard_hint_says_how_to_pass_a_token_dialog_where_there_is_or_ma
     answers = {"/api/authentication_mode": b'{"authentication_mode": "token"}'}
 
     class Dashboard(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
+        def do_GET(self):  # only the question the hint asks is answered
+            self.send_response(200 if self.path in answers else 404)
             self.end_headers()
-            self.wfile.write(answers["/api/authentication_mode"])
+            self.wfile.write(answers.get(self.path, b""))
 
         def log_message(self, *args):
             pass
