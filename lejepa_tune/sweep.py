@@ -159,11 +159,10 @@ def _searcher(spec: SweepSpec, sweep_dir: str) -> OptunaSearch | None:
     hands it (:func:`_param_space`), with the metric and mode of the Tune config."""
     if not spec.search:
         return None
-    n = spec.tune.num_samples
     if spec.tune.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.tune.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, n // 2)))
+        sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, spec.tune.num_samples // 2)))
     url = _optuna_storage(sweep_dir)
     return _OptunaSearch(
         sampler=sampler,
