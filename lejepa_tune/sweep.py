@@ -40,7 +40,7 @@ from .metrics import DIVERGED, EPOCH, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, join_uri, write_records, write_text
 from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
-from .trial import resolve_resources, trial_driver, trial_output_dir
+from .trial import checkpointed_metrics, resolve_resources, trial_driver, trial_output_dir
 
 __all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SPEC_FILE"]
 
@@ -366,7 +366,10 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
         params = {k: tune_config[k] for k in spec.search if k in tune_config}
         return config_to_dict(trial_config(spec, params, trial_output_dir(sweep_dir, trial_id))), params
 
-    mlflow = MLflowTrialCallback(tracker, resolve_trial)
+    def checkpointed(trial_id: str) -> dict[str, Any] | None:
+        return checkpointed_metrics(trial_output_dir(sweep_dir, trial_id))
+
+    mlflow = MLflowTrialCallback(tracker, resolve_trial, checkpointed)
     optuna_url = _optuna_storage(sweep_dir)
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else [])]
     return ray.tune.Tuner(

@@ -216,22 +216,31 @@ class MLflowTrialCallback(Callback):
     Each epoch is logged once: a trial resumed from a checkpoint reports again the epochs
     after it, and those already logged are skipped. Restored with its Tune experiment
     (``Tuner.restore``), the callback re-attaches to the sweep's parent run and its children.
+
+    A driver that dies can take with it an epoch a trial had saved and reported but that had
+    not reached this callback yet; the resumed trial goes on from that checkpoint and does not
+    report the epoch again. So when a trial starts, the epoch of its latest checkpoint
+    (``checkpointed``: trial id -> that checkpoint's metrics, or ``None``) is logged from the
+    checkpoint, unless it was logged before.
     """
 
-    def __init__(self, tracker: SweepTracker, resolve_trial: Callable[[str, Mapping[str, Any]], tuple[dict, dict]]):
+    def __init__(self, tracker: SweepTracker, resolve_trial: Callable[[str, Mapping[str, Any]], tuple[dict, dict]],
+                 checkpointed: Callable[[str], Mapping[str, Any] | None] | None = None):
         self.tracker = tracker
         self.resolve_trial = resolve_trial  # (trial id, Tune config) -> (resolved config, searched)
+        self.checkpointed = checkpointed
         self.run_ids: dict[str, str] = tracker.trial_runs()
         self.logged: dict[str, int] = {t: self._last_step(r) for t, r in self.run_ids.items()}
         self.last_results: dict[str, dict[str, Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         t = self.tracker
-        return {"uri": t.tracking_uri, "experiment": t.experiment, "parent": t.parent_run_id, "sweep_dir": t.sweep_dir, "resolve_trial": self.resolve_trial}
+        return {"uri": t.tracking_uri, "experiment": t.experiment, "parent": t.parent_run_id, "sweep_dir": t.sweep_dir,
+                "resolve_trial": self.resolve_trial, "checkpointed": self.checkpointed}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         tracker = SweepTracker(state["uri"], state["experiment"], "", state["sweep_dir"], parent_run_id=state["parent"])
-        self.__init__(tracker, state["resolve_trial"])
+        self.__init__(tracker, state["resolve_trial"], state.get("checkpointed"))
 
     def _last_step(self, run_id: str) -> int:
         history = self.tracker.client.get_metric_history(run_id, EPOCH)
@@ -244,15 +253,21 @@ class MLflowTrialCallback(Callback):
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        run_id = self._run_id(trial)
+        saved = self.checkpointed(trial.trial_id) if self.checkpointed is not None else None
+        if saved is not None:
+            self._log(run_id, trial.trial_id, saved)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
         self.last_results[trial.trial_id] = dict(result)
+        self._log(run_id, trial.trial_id, result)
+
+    def _log(self, run_id: str, trial_id: str, result: Mapping[str, Any]) -> None:
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))
-        if step <= self.logged.get(trial.trial_id, -1):
+        if step <= self.logged.get(trial_id, -1):
             return  # logged before the trial (or the sweep) was resumed
-        self.logged[trial.trial_id] = step
+        self.logged[trial_id] = step
         self.tracker.log_metrics(run_id, {**numeric_metrics(result), EPOCH: float(step)}, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

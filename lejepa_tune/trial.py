@@ -28,7 +28,7 @@ from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
 from .worker import train_worker
 
-__all__ = ["trial_output_dir", "finished_run", "resolve_resources", "skip_preemption_watcher", "needs_placement_group_cleaner", "poll_workers_often", "trial_driver"]
+__all__ = ["trial_output_dir", "checkpointed_metrics", "finished_run", "resolve_resources", "skip_preemption_watcher", "needs_placement_group_cleaner", "poll_workers_often", "trial_driver"]
 
 # Ray Train's settings read in the process that starts a run and passed on to the run's
 # controller: its preemption watcher, and how often the controller polls its workers.
@@ -37,9 +37,10 @@ POLL_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 POLL_INTERVAL_S = 0.5
 
 
-def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:
-    """The final result (metrics and ``checkpoint_path``) of a trial's Ray Train run whose
-    latest checkpoint is that of its last epoch; ``None`` when it has none or is unfinished."""
+def checkpointed_metrics(output_dir: str) -> dict[str, Any] | None:
+    """The metrics (and ``checkpoint_path``) of the latest checkpoint of the Ray Train run in
+    ``output_dir``: the last epoch the run saved, whether or not its report reached the driver;
+    ``None`` when it has none."""
     fs, path = filesystem(output_dir)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     checkpoints = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
@@ -49,8 +50,15 @@ def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:
                 metrics = json.loads(f.read())
         except FileNotFoundError:  # a checkpoint being written when the driver died
             continue
-        return {**metrics, CHECKPOINT_PATH: checkpoint} if metrics.get(EPOCH, 0) >= epochs else None
+        return {**metrics, CHECKPOINT_PATH: checkpoint}
     return None
+
+
+def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:
+    """The final result (metrics and ``checkpoint_path``) of a trial's Ray Train run whose
+    latest checkpoint is that of its last epoch; ``None`` when it has none or is unfinished."""
+    metrics = checkpointed_metrics(output_dir)
+    return metrics if metrics is not None and metrics.get(EPOCH, 0) >= epochs else None
 
 
 def trial_output_dir(sweep_dir: str, trial_id: str) -> str:

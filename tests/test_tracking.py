@@ -4,15 +4,20 @@ parent and child runs a sweep tracker writes and finds again."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.tune.experiment import Trial
 
-from lejepa_tune.metrics import OBJECTIVE
-from lejepa_tune.tracking import ROLE_TAG, SweepTracker, numeric_metrics, open_client, resolve_tracking_uri
+from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE
+from lejepa_tune.tracking import ROLE_TAG, MLflowTrialCallback, SweepTracker, numeric_metrics, open_client, resolve_tracking_uri
+from lejepa_tune.trial import checkpointed_metrics
 
 
 def test_the_default_database_is_an_absolute_path_in_the_working_directory(tmp_path, monkeypatch):
@@ -48,6 +53,44 @@ def test_a_tracker_finds_its_parent_run_again_and_does_not_duplicate_it(tmp_path
     assert runs[0].data.params["tune.lr"] == "0.001235"  # shown rounded; exact values live in tags
     # MLflow 3 opens the experiment in its model-training view, not the GenAI one.
     assert client.get_experiment_by_name("exp").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _resolve(trial_id, config):
+    return dict(config), dict(config)
+
+
+def _checkpointed(root, trial_id):
+    return checkpointed_metrics(str(root / trial_id))
+
+
+def test_an_epoch_saved_but_not_logged_when_the_driver_died_is_logged_when_its_trial_resumes(tmp_path):
+    """The driver logged epoch 1 of a trial, which then saved epoch 2 and reported it, and the
+    driver died before the report reached it. The resumed sweep's callback (restored the way
+    Tune restores it, pickled) logs epoch 2 from the checkpoint when the trial starts again,
+    which goes on from that checkpoint and reports the epochs after it: every epoch once."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trial = Trial("trial_driver", config={"loss.lam": 0.1}, trial_id="t1", stub=True)
+
+    def save(epoch):
+        path = tmp_path / "train" / "t1" / f"checkpoint_{epoch:06d}"
+        path.mkdir(parents=True)
+        (path / "metrics.json").write_text(json.dumps({EPOCH: epoch, LOSS: 1.0 / epoch}))
+
+    first = MLflowTrialCallback(SweepTracker(uri, "exp", "s", str(tmp_path)), _resolve, functools.partial(_checkpointed, tmp_path / "train"))
+    first.on_trial_start(0, [], trial)  # no checkpoint yet: nothing logged
+    save(1)
+    first.on_trial_result(1, [], trial, {EPOCH: 1, LOSS: 1.0})
+    save(2)  # ... and the driver dies before this epoch's report reaches the callback
+
+    resumed = pickle.loads(pickle.dumps(first))
+    resumed.on_trial_start(2, [], trial)  # the trial goes on from epoch 2's checkpoint
+    resumed.on_trial_result(3, [], trial, {EPOCH: 3, LOSS: 1 / 3})
+    resumed.on_trial_start(4, [], trial)  # started again: its checkpoint's epoch was logged already
+    resumed.on_trial_result(5, [], trial, {EPOCH: 3, LOSS: 1 / 3})  # and so was the epoch it reports again
+
+    client = MlflowClient(uri)
+    history = client.get_metric_history(resumed.run_ids["t1"], LOSS)
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
 
 
 @pytest.mark.slow
