@@ -3,6 +3,10 @@ names the file and the key, before Ray starts (``run``) or training does (``trai
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -147,3 +151,27 @@ def test_a_sweeps_time_is_rounded_before_it_is_split_into_minutes():
     assert _minutes(179.6) == "3 min 0 s"
     assert _minutes(179.4) == "2 min 59 s"
     assert _minutes(59.5) == "1 min 0 s" and _minutes(0.2) == "0 min 0 s"
+
+
+def console(tmp_path, before: str, *argv: str) -> subprocess.CompletedProcess:
+    """``lejepa-tune ARGV`` as the installed command runs it (``cli.console``), in a fresh
+    process that first runs the Python code ``before``; its output piped, so block-buffered."""
+    code = f"import sys\n{before}\nsys.argv = ['lejepa-tune', *{list(argv)!r}]\nfrom lejepa_tune.cli import console\nconsole()\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+
+
+def test_the_command_skips_the_teardown_but_not_the_exit_handlers_the_output_or_a_running_thread(tmp_path):
+    """The command ends with ``os._exit``, after what a normal exit must do: main's exit code,
+    the exit handlers run, the buffered output written; and where a thread still runs, it exits
+    the normal way, which waits for it."""
+    handler = "import atexit; atexit.register(lambda: print('exit handler ran'))"
+    done = console(tmp_path, handler, "validate")  # a usage error: no space given
+    assert done.returncode == 2 and "required: space" in done.stderr, done.stderr
+    assert done.stdout == "exit handler ran\n"
+
+    # A thread that main starts as it returns, and leaves running.
+    thread = ("import threading, time, lejepa_tune.cli as cli; run = cli.main\n"
+              "cli.main = lambda: (run(), threading.Thread(target=lambda: (time.sleep(1), print('thread finished'))).start())[0]")
+    waited = console(tmp_path, thread, "validate")
+    assert waited.returncode == 2 and waited.stdout == "thread finished\n", waited.stderr
