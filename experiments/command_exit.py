@@ -7,8 +7,8 @@ the ordinary exit (``sys.exit(main())``: the same, then the interpreter frees ev
 by one). For each it reports the median seconds from the command's last line of output to the
 end of its process, and its whole wall time.
 
-The commands: ``validate`` of the shipped default space, and ``run`` of a one-trial sweep of
-the tiny test settings (its own local Ray, no dashboard) followed by ``report`` of that sweep.
+The commands: ``validate`` of the shipped default space, ``run`` of that space cut to one trial
+of one epoch (its own local Ray, no dashboard), and ``report`` of that sweep.
 
     python experiments/command_exit.py                 # 3 rounds (~3 min on 2 cores)
     python experiments/command_exit.py --smoke-test    # `--help`, one round, for CI
@@ -25,23 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from lejepa_tune.report import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXITS = {
     "console() (the command)": "from lejepa_tune.cli import console; console()",
     "sys.exit(main()) (ordinary)": "import sys; from lejepa_tune.cli import main; sys.exit(main())",
-}
-# One trial of the test suite's tiny settings: a digits subset, a one-block ViT, one epoch.
-TINY = {
-    "data": {"max_train_samples": 128, "max_val_samples": 60},
-    "model": {"backbone_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 3}, "proj_hidden_dims": [64]},
-    "train": {"epochs": 1, "batch_size": 32},
-    "loss": {"num_slices": 32},
-    "labelfree": {"num_images": 64},
-    "eval": {"linear_max_iter": 100},
 }
 
 
@@ -70,9 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_exit_"))
     root.mkdir(parents=True, exist_ok=True)
-    space = root / "one.yaml"
-    space.write_text(yaml.safe_dump({"name": "one", "base": TINY, "search": {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}},
-                                     "tune": {"num_samples": 1}}))
+    space = str(ROOT / "search_spaces" / "lambda_sweep.yaml")
     rounds = 1 if args.smoke_test else args.rounds
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(rounds):
@@ -83,8 +70,9 @@ def main() -> None:
                 commands = {"--help": ["--help"]}
             else:
                 commands = {
-                    "validate": ["validate", str(ROOT / "search_spaces" / "lambda_sweep.yaml")],
-                    "run (1 trial)": ["run", str(space), "--no-dashboard", "--storage-path", str(cwd / "sweeps"), "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"],
+                    "validate": ["validate", space],
+                    "run (1 trial, 1 epoch)": ["run", space, "--num-samples", "1", "--set", "train.epochs=1", "--no-dashboard",
+                                               "--storage-path", str(cwd / "sweeps"), "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"],
                 }
             for command, argv in commands.items():
                 results.setdefault((command, name), []).append(timed(exit_code, argv, cwd))
