@@ -276,7 +276,7 @@ def console() -> None:
     code = main()
     if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(code)
-    atexit._run_exitfuncs()  # what an ordinary exit runs before its teardown (and runs once)
+    atexit._run_exitfuncs()  # CPython's (private) run of what an ordinary exit runs before its teardown; once
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
