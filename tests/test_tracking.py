@@ -5,7 +5,6 @@ parent and child runs a sweep tracker writes and finds again."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pickle
 import subprocess
@@ -18,6 +17,7 @@ from ray.tune.experiment import Trial
 from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE
 from lejepa_tune.tracking import ROLE_TAG, MLflowTrialCallback, SweepTracker, numeric_metrics, open_client, resolve_tracking_uri
 from lejepa_tune.trial import checkpointed_metrics
+from tiny import write_checkpoint
 
 
 def test_the_default_database_is_an_absolute_path_in_the_working_directory(tmp_path, monkeypatch):
@@ -71,16 +71,11 @@ def test_an_epoch_saved_but_not_logged_when_the_driver_died_is_logged_when_its_t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     trial = Trial("trial_driver", config={"loss.lam": 0.1}, trial_id="t1", stub=True)
 
-    def save(epoch):
-        path = tmp_path / "train" / "t1" / f"checkpoint_{epoch:06d}"
-        path.mkdir(parents=True)
-        (path / "metrics.json").write_text(json.dumps({EPOCH: epoch, LOSS: 1.0 / epoch}))
-
     first = MLflowTrialCallback(SweepTracker(uri, "exp", "s", str(tmp_path)), _resolve, functools.partial(_checkpointed, tmp_path / "train"))
     first.on_trial_start(0, [], trial)  # no checkpoint yet: nothing logged
-    save(1)
+    write_checkpoint(tmp_path / "train" / "t1", 0, 1)
     first.on_trial_result(1, [], trial, {EPOCH: 1, LOSS: 1.0})
-    save(2)  # ... and the driver dies before this epoch's report reaches the callback
+    write_checkpoint(tmp_path / "train" / "t1", 1, 2)  # ... and the driver dies before this epoch's report reaches the callback
 
     resumed = pickle.loads(pickle.dumps(first))
     resumed.on_trial_start(2, [], trial)  # the trial goes on from epoch 2's checkpoint

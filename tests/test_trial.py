@@ -4,7 +4,6 @@ train again), the resources a trial asks for when it starts, and what its proces
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,16 +14,7 @@ from lejepa_tune.metrics import EPOCH, LOSS
 from lejepa_tune.search_space import sweep_spec_from_dict
 from lejepa_tune.trial import (CHECKPOINT_PATH, POLL_INTERVAL, POLL_INTERVAL_S, PREEMPTION_WATCHER, finished_run,
                                needs_placement_group_cleaner, poll_workers_often, resolve_resources, skip_preemption_watcher, trial_output_dir)
-
-
-def checkpoint(run_dir, index: int, epoch: int | None) -> str:
-    """A checkpoint directory as Ray Train writes it; ``epoch=None`` is one still being written
-    (no metrics yet)."""
-    path = run_dir / f"checkpoint_{index:06d}"
-    path.mkdir(parents=True)
-    if epoch is not None:
-        (path / "metrics.json").write_text(json.dumps({EPOCH: epoch, LOSS: 1.0 / epoch}))
-    return str(path)
+from tiny import write_checkpoint as checkpoint
 
 
 def test_a_trials_run_lives_under_the_sweeps_train_directory():

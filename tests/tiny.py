@@ -1,6 +1,6 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
-few slices), as a base config and as ``--set`` overrides, hand-made sweep records, one run
-trained the way a trial's worker trains it, a search-space file over the tiny base, the
+few slices), as a base config and as ``--set`` overrides, hand-made sweep records and Ray
+Train checkpoint directories, one run trained the way a trial's worker trains it, a search-space file over the tiny base, the
 environment for an MLflow server, and a way to stop a server with everything it started.
 (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that the
 spawned processes start fast.)"""
@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from lejepa_tune.config import flatten_dict
-from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
+from lejepa_tune.metrics import EPOCH, FEATURE_SPACES, LABELFREE_CRITERIA, LOSS, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
 from lejepa_tune.records import SweepRecords, TrialRecord
 from lejepa_tune.train import LocalSink, train
 
@@ -39,6 +39,16 @@ def write_space(tmp_path: Path, name: str, search: dict, tune: dict | None = Non
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "base": {**TINY_BASE, **(base or {})}, "search": search, "tune": tune or {}, "resources": resources or {}}))
     return path
+
+
+def write_checkpoint(run_dir: Path, index: int, epoch: int | None) -> str:
+    """A checkpoint directory as Ray Train writes it, with the metrics a worker saves in it;
+    ``epoch=None`` is one still being written (no metrics yet)."""
+    path = run_dir / f"checkpoint_{index:06d}"
+    path.mkdir(parents=True)
+    if epoch is not None:
+        (path / "metrics.json").write_text(json.dumps({EPOCH: epoch, LOSS: 1.0 / epoch}))
+    return str(path)
 
 
 def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> SweepRecords:
