@@ -268,7 +268,7 @@ def console() -> None:
     By the time a command returns, everything it started is closed (its runs ended, its files
     written), and what an ordinary exit would still do is free the objects that Ray, torch,
     MLflow and the analysis built, one by one, nearly a million after a sweep: CPU and nothing
-    else, 2.4 s after a one-trial sweep, 1.2 s after ``validate``, 0.6 s after ``report``
+    else, 2.4-2.7 s after a one-trial sweep, 1.2 s after ``validate``, 0.6-0.7 s after ``report``
     (``experiments/command_exit.py``). The exit handlers (Ray's shutdown, logging's and MLflow's
     flushes) still run, and the standard streams are flushed. While a thread other than a
     daemon still runs, the exit is the ordinary one, which waits for it. An exception out of
