@@ -82,16 +82,22 @@ def _ci(lo: float, hi: float) -> str:
     return "-" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.2f}, {hi:.2f}]"
 
 
+def _points(regret: float | None) -> str:
+    """A regret (accuracy lost, a fraction) in points of accuracy, as a person reads it: 0.0083
+    is 0.8 points. The CSV files and MLflow keep the fraction."""
+    return "-" if regret is None or not math.isfinite(regret) else f"{100 * regret:.1f}"
+
+
 def format_selection(analysis: SweepAnalysis) -> str:
     """The terminal summary: every criterion's agreement with the reference, the noise
     ceiling, the choice and why, and the warnings."""
     sel = analysis.selection
     rows = [
         [("* " if r["criterion"] == sel.default else "  ") + r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"],
-         _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"], r["within_spearman"], r["regret"], r["top3_overlap"], r["pick"] or "-"]
+         _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"], r["within_spearman"], _points(r["regret"]), r["top3_overlap"], r["pick"] or "-"]
         for r in agreement_rows(sel)
     ]
-    header = ["  criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret", "top3", "pick"]
+    header = ["  criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"]
     lines = [
         f"Label-free selection for sweep '{sel.sweep}': criteria judged against {sel.reference} (labels, for judging only);",
         "ρ > 0: a better criterion value goes with a higher accuracy; within: ρ inside groups of equal batch size and views.",
@@ -362,14 +368,14 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
         why = (f"<p><b>Chosen without labels: trial {esc(choice.trial_id)}</b> ({esc(trial_label(dict(choice.params)))}), "
                f"the best {esc(sel.default)} of the completed trials. Why {esc(sel.default)}: {esc(sel.reason)}.</p>"
                f"<p>Judged afterwards with labels: Spearman ρ = {_cell(a.spearman)} {_ci(*a.spearman_ci)} against "
-               f"{esc(sel.reference)} (noise ceiling {_cell(sel.noise_ceiling)}), regret {_cell(a.regret)}; "
+               f"{esc(sel.reference)} (noise ceiling {_cell(sel.noise_ceiling)}), regret {_points(a.regret)} points; "
                f"the best trial by labels is {esc(sel.best_by_reference or '-')}.</p>")
     else:
         why = "<p><b>Nothing was chosen</b>: no completed trial has a value of the criterion.</p>"
     warnings = "".join(f'<p class="warn">Warning: {esc(w)}.</p>' for w in analysis.warnings)
     rows = agreement_rows(sel)
     crit_rows = [[r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"], _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"],
-                  r["within_spearman"], r["regret"], r["top3_overlap"], r["pick"] or "-"] for r in rows]
+                  r["within_spearman"], _points(r["regret"]), r["top3_overlap"], r["pick"] or "-"] for r in rows]
     crit_classes = [" ".join(c for c in ("default" if r["criterion"] == sel.default else "", "" if r["valid"] else "invalid") if c) for r in rows]
     searched = _searched(records)
     trial_rows = [
@@ -396,8 +402,8 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
 <h2>Criteria against the reference</h2>
 <p class="note">Each criterion ranks the trials without labels; {esc(sel.reference)} is used only to judge it.
 ρ and τ are positive when a better criterion value goes with a higher accuracy; "within" is ρ inside groups of equal
-batch size and views; regret is the accuracy lost by the criterion's pick. Noise ceiling: {_cell(sel.noise_ceiling)}.</p>
-{_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret", "top3", "pick"], crit_rows, crit_classes)}
+batch size and views; regret is the accuracy lost by the criterion's pick, in points (one point: 1 % of the images). Noise ceiling: {_cell(sel.noise_ceiling)}.</p>
+{_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"], crit_rows, crit_classes)}
 {images}
 <h2>Trials</h2>
 {_html_table(["trial", "status", *(short_name(k) for k in searched), sel.default, "reference acc", "linear acc", "epochs"], trial_rows, trial_classes, left=2)}

@@ -9,6 +9,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lejepa_tune.analysis import analyse
@@ -40,6 +41,24 @@ def test_selection_summary_names_the_choice_the_reference_and_the_ceiling():
     assert "noise ceiling" in text and "eval/linear_acc_cv" in text
     row = next(line for line in text.splitlines() if line.startswith("  loss "))
     assert " NO " in row  # the raw loss is not valid across λ
+
+
+def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv(tmp_path):
+    a = analysis()
+    # A criterion that missed (in points, its regret reads differently from the fraction).
+    name, agreement = next((c, g) for c, g in a.selection.agreements.items() if 0.001 < g.regret < 0.999)
+    lines = format_selection(a).splitlines()
+    header = next(line for line in lines if line.startswith("  criterion"))
+    row = next(line for line in lines if line[2:].startswith(f"{name} "))
+    start = header.index("regret (points)")
+    assert row[start:].split()[0] == f"{100 * agreement.regret:.1f}"
+    files = write_report(a, tmp_path)
+    page = files["html"].read_text()
+    headline = a.selection.agreements[a.selection.default].regret
+    assert f"regret {100 * headline:.1f} points;" in page and "<th>regret (points)</th>" in page
+    assert f"<td>{100 * agreement.regret:.1f}</td>" in page
+    crit = next(r for r in csv.DictReader(open(files["criteria_csv"])) if r["criterion"] == name)
+    assert float(crit["regret"]) == pytest.approx(agreement.regret)
 
 
 def test_report_files(tmp_path):
