@@ -24,6 +24,7 @@ __all__ = [
     "format_table",
     "format_trials_table",
     "format_selection",
+    "regret_points",
     "plot_pngs",
     "write_trials_csv",
     "write_html",
@@ -82,9 +83,10 @@ def _ci(lo: float, hi: float) -> str:
     return "-" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.2f}, {hi:.2f}]"
 
 
-def _points(regret: float | None) -> str:
+def regret_points(regret: float | None) -> str:
     """A regret (accuracy lost, a fraction) in points of accuracy, as a person reads it: 0.0083
-    is 0.8 points. The CSV files and MLflow keep the fraction."""
+    is 0.8 points. The terminal, the page and the MLflow description show it so; the CSV files
+    and MLflow's metrics keep the fraction."""
     return "-" if regret is None or not math.isfinite(regret) else f"{100 * regret:.1f}"
 
 
@@ -94,7 +96,7 @@ def format_selection(analysis: SweepAnalysis) -> str:
     sel = analysis.selection
     rows = [
         [("* " if r["criterion"] == sel.default else "  ") + r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"],
-         _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"], r["within_spearman"], _points(r["regret"]), r["top3_overlap"], r["pick"] or "-"]
+         _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"], r["within_spearman"], regret_points(r["regret"]), r["top3_overlap"], r["pick"] or "-"]
         for r in agreement_rows(sel)
     ]
     header = ["  criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"]
@@ -368,14 +370,14 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
         why = (f"<p><b>Chosen without labels: trial {esc(choice.trial_id)}</b> ({esc(trial_label(dict(choice.params)))}), "
                f"the best {esc(sel.default)} of the completed trials. Why {esc(sel.default)}: {esc(sel.reason)}.</p>"
                f"<p>Judged afterwards with labels: Spearman ρ = {_cell(a.spearman)} {_ci(*a.spearman_ci)} against "
-               f"{esc(sel.reference)} (noise ceiling {_cell(sel.noise_ceiling)}), regret {_points(a.regret)} points; "
+               f"{esc(sel.reference)} (noise ceiling {_cell(sel.noise_ceiling)}), regret {regret_points(a.regret)} points; "
                f"the best trial by labels is {esc(sel.best_by_reference or '-')}.</p>")
     else:
         why = "<p><b>Nothing was chosen</b>: no completed trial has a value of the criterion.</p>"
     warnings = "".join(f'<p class="warn">Warning: {esc(w)}.</p>' for w in analysis.warnings)
     rows = agreement_rows(sel)
     crit_rows = [[r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"], _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"],
-                  r["within_spearman"], _points(r["regret"]), r["top3_overlap"], r["pick"] or "-"] for r in rows]
+                  r["within_spearman"], regret_points(r["regret"]), r["top3_overlap"], r["pick"] or "-"] for r in rows]
     crit_classes = [" ".join(c for c in ("default" if r["criterion"] == sel.default else "", "" if r["valid"] else "invalid") if c) for r in rows]
     searched = _searched(records)
     trial_rows = [
