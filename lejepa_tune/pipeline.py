@@ -13,7 +13,7 @@ from .analysis import SweepAnalysis, agreement_rows, analyse, headline_metrics
 from .config import ConfigError
 from .metrics import OBJECTIVE
 from .records import RECORDS_FILE, SweepRecords, read_records, trial_label
-from .report import regret_points, write_report
+from .report import correlation, regret_points, write_report
 from .tracking import CHOSEN_TAG, ROLE_TAG, open_client, resolve_tracking_uri
 
 __all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
@@ -62,8 +62,8 @@ def describe(analysis: SweepAnalysis) -> str:
         f"**Sweep** `{records.name}`: {len(records.trials)} trials over {space or 'nothing (one point)'}.",
         f"**Objective** `{sel.default}` ({sel.reason}); searched by Optuna's TPE on `{records.spec.get('tune', {}).get('metric', OBJECTIVE)}`.",
         f"**Chosen without labels:** trial `{sel.choice}`" + (f" ({trial_label(chosen.params)})." if chosen is not None else "."),
-        f"**Judged with labels** against `{sel.reference}`: Spearman {a.spearman:.2f} (95% CI {a.spearman_ci[0]:.2f} to {a.spearman_ci[1]:.2f}; "
-        f"noise ceiling {sel.noise_ceiling:.2f}), regret {regret_points(a.regret)} points, best trial by labels `{sel.best_by_reference}`.",
+        f"**Judged with labels** against `{sel.reference}`: Spearman {correlation(a.spearman)} (95% CI {correlation(a.spearman_ci[0])} to {correlation(a.spearman_ci[1])}; "
+        f"noise ceiling {correlation(sel.noise_ceiling)}), regret {regret_points(a.regret)} points, best trial by labels `{sel.best_by_reference}`.",
     ]
     lines += [f"**Warning:** {w}." for w in analysis.warnings]
     return "\n\n".join(lines)

@@ -24,6 +24,7 @@ __all__ = [
     "format_table",
     "format_trials_table",
     "format_selection",
+    "correlation",
     "regret_points",
     "plot_pngs",
     "write_trials_csv",
@@ -83,6 +84,12 @@ def _ci(lo: float, hi: float) -> str:
     return "-" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.2f}, {hi:.2f}]"
 
 
+def correlation(value: float | None) -> str:
+    """A rank correlation (ρ, τ, a top-3 overlap, the noise ceiling) as a person reads it: to
+    two decimals, as its 95 % interval beside it; the CSV files and MLflow keep every digit."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
 def regret_points(regret: float | None) -> str:
     """A regret (accuracy lost, a fraction) in points of accuracy, as a person reads it: 0.0083
     is 0.8 points. The terminal, the page and the MLflow description show it so; the CSV files
@@ -95,8 +102,9 @@ def format_selection(analysis: SweepAnalysis) -> str:
     ceiling, the choice and why, and the warnings."""
     sel = analysis.selection
     rows = [
-        [("* " if r["criterion"] == sel.default else "  ") + r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"],
-         _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"], r["within_spearman"], regret_points(r["regret"]), r["top3_overlap"], r["pick"] or "-"]
+        [("* " if r["criterion"] == sel.default else "  ") + r["criterion"], r["mode"], r["valid"], r["n"], correlation(r["spearman"]),
+         _ci(r["spearman_lo"], r["spearman_hi"]), correlation(r["kendall"]), correlation(r["within_spearman"]), regret_points(r["regret"]),
+         correlation(r["top3_overlap"]), r["pick"] or "-"]
         for r in agreement_rows(sel)
     ]
     header = ["  criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"]
@@ -106,7 +114,7 @@ def format_selection(analysis: SweepAnalysis) -> str:
         "",
         format_table(header, rows),
         "",
-        f"noise ceiling (the ρ a perfect criterion would reach against this reference): {_cell(sel.noise_ceiling)}",
+        f"noise ceiling (the ρ a perfect criterion would reach against this reference): {correlation(sel.noise_ceiling)}",
         f"choice: {sel.choice or '(none)'} by {sel.default} ({sel.reason})",
     ]
     if sel.best_by_reference is not None:
@@ -165,7 +173,7 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
                 ax.scatter([x], [y], s=180, facecolors="none", edgecolors="red", linewidths=1.8, zorder=3)
         a = sel.agreements[name]
         valid = "" if sel.validity[name].valid else " (not valid here)"
-        rho = f"{a.spearman:.2f}" if math.isfinite(a.spearman) else "undefined"
+        rho = correlation(a.spearman) if math.isfinite(a.spearman) else "undefined"
         ax.set_title(f"{name}: ρ = {rho}{valid}", fontsize=9)
         ax.set_xlabel(f"{name} ({'lower' if sel.modes[name] == 'min' else 'higher'} is better)", fontsize=8)
         ax.set_ylabel(REFERENCE_ACC, fontsize=8)
@@ -369,15 +377,16 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
         a = sel.agreements[sel.default]
         why = (f"<p><b>Chosen without labels: trial {esc(choice.trial_id)}</b> ({esc(trial_label(dict(choice.params)))}), "
                f"the best {esc(sel.default)} of the completed trials. Why {esc(sel.default)}: {esc(sel.reason)}.</p>"
-               f"<p>Judged afterwards with labels: Spearman ρ = {_cell(a.spearman)} {_ci(*a.spearman_ci)} against "
-               f"{esc(sel.reference)} (noise ceiling {_cell(sel.noise_ceiling)}), regret {regret_points(a.regret)} points; "
+               f"<p>Judged afterwards with labels: Spearman ρ = {correlation(a.spearman)} {_ci(*a.spearman_ci)} against "
+               f"{esc(sel.reference)} (noise ceiling {correlation(sel.noise_ceiling)}), regret {regret_points(a.regret)} points; "
                f"the best trial by labels is {esc(sel.best_by_reference or '-')}.</p>")
     else:
         why = "<p><b>Nothing was chosen</b>: no completed trial has a value of the criterion.</p>"
     warnings = "".join(f'<p class="warn">Warning: {esc(w)}.</p>' for w in analysis.warnings)
     rows = agreement_rows(sel)
-    crit_rows = [[r["criterion"], r["mode"], r["valid"], r["n"], r["spearman"], _ci(r["spearman_lo"], r["spearman_hi"]), r["kendall"],
-                  r["within_spearman"], regret_points(r["regret"]), r["top3_overlap"], r["pick"] or "-"] for r in rows]
+    crit_rows = [[r["criterion"], r["mode"], r["valid"], r["n"], correlation(r["spearman"]), _ci(r["spearman_lo"], r["spearman_hi"]),
+                  correlation(r["kendall"]), correlation(r["within_spearman"]), regret_points(r["regret"]), correlation(r["top3_overlap"]),
+                  r["pick"] or "-"] for r in rows]
     crit_classes = [" ".join(c for c in ("default" if r["criterion"] == sel.default else "", "" if r["valid"] else "invalid") if c) for r in rows]
     searched = _searched(records)
     trial_rows = [
@@ -404,7 +413,7 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
 <h2>Criteria against the reference</h2>
 <p class="note">Each criterion ranks the trials without labels; {esc(sel.reference)} is used only to judge it.
 ρ and τ are positive when a better criterion value goes with a higher accuracy; "within" is ρ inside groups of equal
-batch size and views; regret is the accuracy lost by the criterion's pick, in points (one point: 1 % of the images). Noise ceiling: {_cell(sel.noise_ceiling)}.</p>
+batch size and views; regret is the accuracy lost by the criterion's pick, in points (one point: 1 % of the images). Noise ceiling: {correlation(sel.noise_ceiling)}.</p>
 {_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"], crit_rows, crit_classes)}
 {images}
 <h2>Trials</h2>

@@ -61,6 +61,25 @@ def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv
     assert float(crit["regret"]) == pytest.approx(agreement.regret)
 
 
+def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whole_in_the_csv(tmp_path):
+    a = analysis()
+    sel = a.selection
+    agreement = sel.agreements[sel.default]
+    rho, ceiling = f"{agreement.spearman:.2f}", f"{sel.noise_ceiling:.2f}"
+    lines = format_selection(a).splitlines()
+    header = next(line for line in lines if line.startswith("  criterion"))
+    row = next(line for line in lines if line.startswith(f"* {sel.default} "))
+    for column, value in (("spearman", agreement.spearman), ("kendall", agreement.kendall), ("top3", agreement.top3_overlap)):
+        assert row[header.index(column):].split()[0] == f"{value:.2f}", column
+    assert any(line.endswith(f"against this reference): {ceiling}") for line in lines)
+    page = write_report(a, tmp_path)["html"].read_text()
+    lo, hi = agreement.spearman_ci
+    assert f"Spearman ρ = {rho} [{lo:.2f}, {hi:.2f}]" in page and f"(noise ceiling {ceiling})" in page
+    assert f"<td>{rho}</td>" in page
+    crit = next(r for r in csv.DictReader(open(tmp_path / "criteria.csv")) if r["criterion"] == sel.default)
+    assert float(crit["spearman"]) == pytest.approx(agreement.spearman, abs=1e-12)
+
+
 def test_report_files(tmp_path):
     a = analysis()
     files = write_report(a, tmp_path)
