@@ -1,10 +1,11 @@
 """Fixtures shared by the test modules: one local Ray instance for the whole session (every
 real-Ray test joins it instead of starting its own), two gloo ranks for the whole session (every
-test of collectives runs its function on them instead of spawning its own), and ``tests/`` on the
-import path."""
+test of collectives runs its function on them instead of spawning its own), a scratch working
+directory, and ``tests/`` on the import path."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
     between workers (``pytest -n 2``), the quick tests then fill the gaps at the end, instead of
     one worker running a long sweep alone while the other has finished."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_directory(tmp_path_factory):
+    """Every test runs in a scratch directory, not in the repository: MLflow puts the artifacts
+    of a SQLite store's experiments in ``./mlruns`` of the directory that creates them."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
 
 
 @pytest.fixture(scope="session")
