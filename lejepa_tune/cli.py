@@ -20,7 +20,13 @@ __all__ = ["main", "console", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """A usage error is one line too (and exit code 2), pointing at ``--help``."""
+    """A usage error is one line too (and exit code 2), pointing at ``--help``. Options are
+    spelled out, as in Ray's and MLflow's commands: ``--out`` is not taken for ``--output-dir``,
+    so that an option added later cannot change what an old command line means."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"lejepa-tune: error: {message} (see {self.prog} --help)\n")

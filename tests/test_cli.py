@@ -113,6 +113,7 @@ CASES = [
     # usage errors: one line too
     pytest.param(["run", "{tmp}/space.yaml", "--num-samples", "many"], {"space.yaml": SPACE}, None, None, "argument --num-samples", id="usage-bad-int"),
     pytest.param(["validate"], {}, None, None, "required: space", id="usage-missing-space"),
+    pytest.param(["report", "{tmp}", "--out", "{tmp}/r"], {}, None, None, "unrecognized arguments: --out", id="usage-abbreviated-option"),
 ]
 
 
