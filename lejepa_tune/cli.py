@@ -142,6 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("run: give a search space (SPACE) or --resume SWEEP_DIR")
     check_dashboard(spec, not args.no_dashboard, args.address)
+    _check_destinations(args, spec)
     records = run_sweep(
         spec,
         storage_path=args.storage_path,
@@ -164,6 +165,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if files:
         print(f"Report: {files['html']}")
     return 0 if analysis is not None and analysis.choice is not None else 1
+
+
+def _check_destinations(args: argparse.Namespace, spec) -> None:
+    """Where the sweep will write, checked before Ray starts: the tracking store answers and
+    opens (a new SQLite file is created, as the sweep's first step would), and a local storage
+    path is, or can become, a directory (not created here)."""
+    from .tracking import check_tracking_uri, resolve_tracking_uri
+
+    where = "--tracking-uri" if args.tracking_uri else f"{spec.source}: tracking.tracking_uri" if spec.tracking.tracking_uri else "tracking URI"
+    check_tracking_uri(resolve_tracking_uri(args.tracking_uri or spec.tracking.tracking_uri), where)
+    if args.resume or "://" in args.storage_path:
+        return
+    root = Path(args.storage_path).expanduser().absolute()
+    nearest = next(p for p in (root, *root.parents) if p.exists())  # created by the sweep, if not root
+    if not nearest.is_dir():
+        raise ConfigError(f"--storage-path: {args.storage_path}: {nearest} is a file, not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage-path: {args.storage_path}: {nearest} is not writable")
 
 
 def _minutes(seconds: float) -> str:

@@ -14,7 +14,7 @@ from .config import ConfigError
 from .metrics import OBJECTIVE
 from .records import RECORDS_FILE, SweepRecords, read_records, trial_label
 from .report import correlation, regret_points, write_report
-from .tracking import CHOSEN_TAG, ROLE_TAG, open_client, resolve_tracking_uri
+from .tracking import CHOSEN_TAG, ROLE_TAG, check_tracking_uri, open_client, resolve_tracking_uri
 
 __all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
 
@@ -79,6 +79,7 @@ def load_records(sweep: str, tracking_uri: str | None = None) -> SweepRecords:
         except FileNotFoundError:
             raise ConfigError(f"{sweep}: not a finished sweep directory (no {RECORDS_FILE})") from None
     uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri, "--tracking-uri" if tracking_uri else "tracking URI")
     client = open_client(uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:

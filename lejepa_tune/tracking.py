@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import socket
 import tempfile
 import time
 import urllib.parse
@@ -21,9 +23,10 @@ from typing import Any, Callable, Mapping
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from ray.tune import Callback
 
-from .config import flatten_dict
+from .config import ConfigError, flatten_dict
 from .metrics import DIVERGED, EPOCH
 from .records import mask_uri, trial_label
 
@@ -37,6 +40,7 @@ __all__ = [
     "CHOSEN_TAG",
     "resolve_tracking_uri",
     "open_client",
+    "check_tracking_uri",
     "numeric_metrics",
     "SweepTracker",
     "MLflowTrialCallback",
@@ -83,6 +87,42 @@ def open_client(tracking_uri: str) -> MlflowClient:
     digest = hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
     with FileLock(os.path.join(tempfile.gettempdir(), f"lejepa_tune_mlflow_{digest}.lock"), timeout=300):
         return MlflowClient(tracking_uri)
+
+
+# The port of a tracking URI whose server or database names none.
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
+    """Fails fast, before Ray starts, with a one-line ConfigError that begins with ``where``
+    (``--tracking-uri``, or the file and key that gave the URI), where MLflow could not track:
+    a scheme it has no store for, a database it cannot open, or a server or database host at
+    which nothing answers (MLflow itself retries for minutes before it says so)."""
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme in _DEFAULT_PORTS and parts.hostname:
+        try:
+            port = parts.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise ConfigError(f"{where}: {mask_uri(uri)}: not a valid port") from None
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError as err:
+            raise ConfigError(f"{where}: {mask_uri(uri)}: nothing answers at {parts.hostname}:{port} ({err.strerror or err})") from None
+    quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables...": not news
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        open_client(uri)
+    except UnsupportedModelRegistryStoreURIException as err:
+        known = ", ".join(k for k in err.supported_uri_schemes if k)
+        raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow has no store for the scheme {parts.scheme!r} (it has {known})") from None
+    except Exception as err:  # MLflow's own, SQLAlchemy's or the driver's: all end the command the same way
+        text = str(err).strip()
+        detail = text.splitlines()[0] if text else type(err).__name__
+        raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow cannot track there ({detail.strip()})") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _display(value: Any) -> str:

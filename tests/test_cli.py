@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from lejepa_tune.cli import _minutes, main
+from ranks import free_port
 
+# A port at which nothing answers: the tracking server or database a user forgot to start.
+CLOSED = free_port()
 # A valid search space (the table's ``--set`` cases break it one key at a time).
 SPACE = "name: s\nsearch:\n  loss.lam: {type: loguniform, low: 0.01, high: 0.5}\n"
 NOT_UTF8 = b"name: s\n\xff\xfe\x00\x81 binary\n"
@@ -110,6 +113,23 @@ CASES = [
     train("train-local-larger-than-global", ["views.n_local=2", "views.local_size=64"], "views.local_size", "must not exceed"),
     train("train-cuda-without-gpu", ["train.device=cuda"], "train.device", "no CUDA device",
           marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")),
+    # (d) where a sweep writes, checked before Ray starts
+    pytest.param(["run", "{tmp}/space.yaml", "--tracking-uri", "foo://bar"], {"space.yaml": SPACE}, None, "--tracking-uri",
+                 "foo://bar: MLflow has no store for the scheme 'foo' (it has ", id="run-tracking-uri-unknown-scheme"),
+    pytest.param(["run", "{tmp}/space.yaml", "--tracking-uri", f"http://127.0.0.1:{CLOSED}"], {"space.yaml": SPACE}, None, "--tracking-uri",
+                 f"nothing answers at 127.0.0.1:{CLOSED}", id="run-tracking-server-down"),
+    pytest.param(["run", "{tmp}/space.yaml", "--tracking-uri", f"postgresql://mlflow:secret@127.0.0.1:{CLOSED}/mlflow"], {"space.yaml": SPACE}, None,
+                 "--tracking-uri", f"postgresql://mlflow:***@127.0.0.1:{CLOSED}/mlflow: nothing answers", id="run-tracking-database-down-password-masked"),
+    pytest.param(["run", "{tmp}/space.yaml", "--tracking-uri", "sqlite:///{tmp}/space.yaml/mlflow.db"], {"space.yaml": SPACE}, None, "--tracking-uri",
+                 "MLflow cannot track there", id="run-tracking-sqlite-below-a-file"),
+    space("space-tracking-uri-unknown-scheme", SPACE + "tracking: {tracking_uri: 'foo://bar'}\n", "tracking.tracking_uri", "no store for the scheme 'foo'",
+          command="run"),
+    pytest.param(["run", "{tmp}/space.yaml", "--storage-path", "{tmp}/space.yaml/sweeps"], {"space.yaml": SPACE}, None, "--storage-path",
+                 "space.yaml is a file, not a directory", id="run-storage-below-a-file"),
+    pytest.param(["report", "lambda_sweep", "--tracking-uri", f"http://user:secret@127.0.0.1:{CLOSED}"], {}, None, "--tracking-uri",
+                 f"http://127.0.0.1:{CLOSED}: nothing answers", id="report-tracking-server-down"),
+    pytest.param(["select", "lambda_sweep", "--export", "{tmp}/out", "--tracking-uri", "foo://bar"], {}, None, "--tracking-uri",
+                 "no store for the scheme 'foo'", id="select-tracking-uri-unknown-scheme"),
     # usage errors: one line too
     pytest.param(["run", "{tmp}/space.yaml", "--num-samples", "many"], {"space.yaml": SPACE}, None, None, "argument --num-samples", id="usage-bad-int"),
     pytest.param(["validate"], {}, None, None, "required: space", id="usage-missing-space"),
@@ -128,7 +148,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, files, names, 
         path.write_bytes(content if isinstance(content, bytes) else content.replace("{tmp}", str(tmp_path)).encode())
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     outputs = tmp_path / "outputs"  # a run's sweeps, a training run's outputs: never created
-    if argv[0] == "run":
+    if argv[0] == "run" and "--storage-path" not in argv:
         argv += ["--storage-path", str(outputs)]
     elif argv[0] == "train":
         argv += ["--output-dir", str(outputs)]
