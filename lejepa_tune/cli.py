@@ -129,7 +129,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import analyse_and_report, publish
     from .report import format_selection, format_trials_table
-    from .sweep import check_dashboard, run_sweep
+    from .sweep import check_address, check_dashboard, run_sweep
 
     if args.resume:
         if args.space or args.overrides or args.num_samples is not None:
@@ -142,6 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("run: give a search space (SPACE) or --resume SWEEP_DIR")
     check_dashboard(spec, not args.no_dashboard, args.address)
+    check_address(args.address)
     _check_destinations(args, spec)
     records = run_sweep(
         spec,
@@ -175,14 +176,19 @@ def _check_destinations(args: argparse.Namespace, spec) -> None:
 
     where = "--tracking-uri" if args.tracking_uri else f"{spec.source}: tracking.tracking_uri" if spec.tracking.tracking_uri else "tracking URI"
     check_tracking_uri(resolve_tracking_uri(args.tracking_uri or spec.tracking.tracking_uri), where)
-    if args.resume or "://" in args.storage_path:
-        return
-    root = Path(args.storage_path).expanduser().absolute()
-    nearest = next(p for p in (root, *root.parents) if p.exists())  # created by the sweep, if not root
+    if not args.resume and "://" not in args.storage_path:
+        _check_directory("--storage-path", args.storage_path)
+
+
+def _check_directory(where: str, path: str) -> None:
+    """``path`` is, or can become, a directory this process writes in (nothing is created
+    here): checked before the work whose results would go there."""
+    root = Path(path).expanduser().absolute()
+    nearest = next(p for p in (root, *root.parents) if p.exists())
     if not nearest.is_dir():
-        raise ConfigError(f"--storage-path: {args.storage_path}: {nearest} is a file, not a directory")
+        raise ConfigError(f"{where}: {path}: " + ("is a file" if nearest == root else f"{nearest} is a file") + ", not a directory")
     if not os.access(nearest, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage-path: {args.storage_path}: {nearest} is not writable")
+        raise ConfigError(f"{where}: {path}: {nearest} is not writable")
 
 
 def _minutes(seconds: float) -> str:
@@ -206,6 +212,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .pipeline import analyse_and_report, load_records
     from .report import format_selection, format_trials_table
 
+    if args.output_dir:
+        _check_directory("--output-dir", args.output_dir)
     records = load_records(args.sweep, args.tracking_uri)
     analysis, files = analyse_and_report(records, Path(args.output_dir) if args.output_dir else None)
     if analysis is None:
@@ -223,6 +231,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from .pipeline import load_records
     from .selection import CRITERIA, choose, criterion_validity, default_criterion
 
+    _check_directory("--export", args.export)
     records = load_records(args.sweep, args.tracking_uri)
     criterion = args.criterion or default_criterion(records.spec)[0]
     if criterion not in CRITERIA:
@@ -258,6 +267,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
     source = f"{args.config or '<defaults>'}{' (with --set)' if args.overrides else ''}"
+    _check_directory("--output-dir" if args.output_dir else f"{source}: train.output_dir", cfg.train.output_dir)
     try:
         resolve_device(cfg.train.device)
     except RuntimeError as err:  # train.device: cuda on a machine without one

@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
@@ -248,6 +249,28 @@ def check_dashboard(spec: SweepSpec, include_dashboard: bool, address: str | Non
     if spec.tune.scheduler != "none" and not include_dashboard and ray_address(address) is None:
         raise ConfigError(f"{spec.source}: tune.scheduler: {spec.tune.scheduler} stops trials early, and Ray Train frees a stopped trial's workers "
                           "through the Ray dashboard's state API: run it with the dashboard (without --no-dashboard)")
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Refuses, in one line and before ``ray.init``, a cluster address (``--address``, else
+    ``RAY_ADDRESS``) at which nothing answers: ``ray.init`` would wait on it for minutes, then
+    end in a traceback. ``auto`` and ``local`` are left to Ray."""
+    given = ray_address(address)
+    if given is None or given in ("auto", "local"):
+        return
+    where = "--address" if address else "RAY_ADDRESS"
+    client = given.startswith("ray://")  # Ray Client, port 10001 by default; else the GCS, 6379
+    parts = urllib.parse.urlsplit(given if "://" in given else f"//{given}")
+    try:
+        host, port = parts.hostname, parts.port or (10001 if client else 6379)
+    except ValueError:
+        raise ConfigError(f"{where}: {given}: not a valid port") from None
+    if not host:
+        raise ConfigError(f"{where}: {given}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"{where}: {given}: no Ray cluster answers at {host}:{port} ({err.strerror or err})") from None
 
 
 def init_ray(address: str | None = None, include_dashboard: bool = True, **kwargs: Any):

@@ -130,6 +130,18 @@ CASES = [
                  f"http://127.0.0.1:{CLOSED}: nothing answers", id="report-tracking-server-down"),
     pytest.param(["select", "lambda_sweep", "--export", "{tmp}/out", "--tracking-uri", "foo://bar"], {}, None, "--tracking-uri",
                  "no store for the scheme 'foo'", id="select-tracking-uri-unknown-scheme"),
+    pytest.param(["run", "{tmp}/space.yaml", "--address", f"127.0.0.1:{CLOSED}"], {"space.yaml": SPACE}, None, "--address",
+                 f"no Ray cluster answers at 127.0.0.1:{CLOSED}", id="run-address-nothing-there"),
+    pytest.param(["run", "{tmp}/space.yaml", "--address", "127.0.0.1:99999"], {"space.yaml": SPACE}, None, "--address",
+                 "not a valid port", id="run-address-bad-port"),
+    train("train-output-below-a-file", ["train.output_dir={tmp}/cfg.yaml/out"], "train.output_dir", "cfg.yaml is a file, not a directory",
+          config="train: {epochs: 1}\n"),
+    pytest.param(["train", "--output-dir", "{tmp}/afile"], {"afile": "x"}, None, "--output-dir", "afile: is a file, not a directory",
+                 id="train-output-dir-is-a-file"),
+    pytest.param(["report", "{tmp}", "--output-dir", "{tmp}/afile/report"], {"afile": "x"}, None, "--output-dir",
+                 "afile is a file, not a directory", id="report-output-below-a-file"),
+    pytest.param(["select", "{tmp}", "--export", "{tmp}/afile"], {"afile": "x"}, None, "--export", "afile: is a file, not a directory",
+                 id="select-export-is-a-file"),
     # usage errors: one line too
     pytest.param(["run", "{tmp}/space.yaml", "--num-samples", "many"], {"space.yaml": SPACE}, None, None, "argument --num-samples", id="usage-bad-int"),
     pytest.param(["validate"], {}, None, None, "required: space", id="usage-missing-space"),
@@ -150,7 +162,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, files, names, 
     outputs = tmp_path / "outputs"  # a run's sweeps, a training run's outputs: never created
     if argv[0] == "run" and "--storage-path" not in argv:
         argv += ["--storage-path", str(outputs)]
-    elif argv[0] == "train":
+    elif argv[0] == "train" and "--output-dir" not in argv and not any(a.startswith("train.output_dir=") for a in argv):
         argv += ["--output-dir", str(outputs)]
 
     code = main(argv)
