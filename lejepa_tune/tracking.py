@@ -17,6 +17,7 @@ import socket
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -96,11 +97,14 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "
 def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     """Fails fast, before Ray starts, with a one-line ConfigError that begins with ``where``
     (``--tracking-uri``, or the file and key that gave the URI), where MLflow could not track:
-    a scheme it has no store for, a database it cannot open, or a server or database host at
-    which nothing answers (MLflow itself retries for minutes before it says so)."""
+    a scheme it has no store for, a database it cannot open, a server or database host at which
+    nothing answers (MLflow itself retries for minutes before it says so), or a server that
+    answers one request with an error (not an MLflow server, a password refused)."""
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.split("+", 1)[0]
-    if scheme in _DEFAULT_PORTS and parts.hostname:
+    # A server reached through an HTTP proxy (HTTP_PROXY, HTTPS_PROXY) is MLflow's to reach.
+    proxied = scheme in ("http", "https") and scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
+    if scheme in _DEFAULT_PORTS and parts.hostname and not proxied:
         try:
             port = parts.port or _DEFAULT_PORTS[scheme]
         except ValueError:
@@ -113,7 +117,7 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        open_client(uri)
+        open_client(uri).search_experiments(max_results=1)  # one request: a server that is not MLflow's, or refuses us
     except UnsupportedModelRegistryStoreURIException as err:
         known = ", ".join(k for k in err.supported_uri_schemes if k)
         raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow has no store for the scheme {parts.scheme!r} (it has {known})") from None

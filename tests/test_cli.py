@@ -208,3 +208,30 @@ def test_the_command_skips_the_teardown_but_not_the_exit_handlers_the_output_or_
               "cli.main = lambda: (run(), threading.Thread(target=lambda: (time.sleep(1), print('thread finished'))).start())[0]")
     waited = console(tmp_path, thread, "validate")
     assert waited.returncode == 2 and waited.stdout == "thread finished\n", waited.stderr
+
+
+def test_a_tracking_server_that_is_not_mlflows_is_refused_in_one_line_before_ray_starts(tmp_path, capsys):
+    """A web server at the tracking URI that is not MLflow's (Python's own file server): one
+    request, refused in one line, exit code 2, and no sweep directory made."""
+    import functools
+    import http.server
+    import threading
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # the server's own log is not the command's output
+            pass
+
+    handler = functools.partial(Files, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "space.yaml").write_text(SPACE)
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        code = main(["run", str(tmp_path / "space.yaml"), "--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lejepa-tune: error: --tracking-uri: {uri}: MLflow cannot track there (") and "error code" in err, err
+    assert not (tmp_path / "sweeps").exists()
