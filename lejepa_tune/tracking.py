@@ -99,7 +99,7 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     (``--tracking-uri``, or the file and key that gave the URI), where MLflow could not track:
     a scheme it has no store for, a database it cannot open, a server or database host at which
     nothing answers (MLflow itself retries for minutes before it says so), or a server that
-    answers one request with an error (not an MLflow server, a password refused)."""
+    answers one request with an error (not an MLflow server, say)."""
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.split("+", 1)[0]
     # A server reached through an HTTP proxy (HTTP_PROXY, HTTPS_PROXY) is MLflow's to reach.
@@ -117,7 +117,7 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        open_client(uri).search_experiments(max_results=1)  # one request: a server that is not MLflow's, or refuses us
+        open_client(uri).search_experiments(max_results=1)  # one request: is it MLflow's?
     except UnsupportedModelRegistryStoreURIException as err:
         known = ", ".join(k for k in err.supported_uri_schemes if k)
         raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow has no store for the scheme {parts.scheme!r} (it has {known})") from None
