@@ -40,6 +40,11 @@ def analyse(records: SweepRecords, n_boot: int = 1000) -> SweepAnalysis:
         notes.insert(0, f"the choice uses {selection.default}, which is not valid for this sweep: {valid.reason}")
     if selection.choice is None:
         notes.insert(0, "no completed trial has a value of the criterion: nothing is chosen")
+    if records.interrupted:
+        done = sum(t.status == "completed" for t in records.trials)
+        planned = records.spec.get("tune", {}).get("num_samples", len(records.trials))
+        notes.insert(0, f"the sweep was interrupted, with {done} of its {planned} trials completed: the choice is among those; "
+                        f"`lejepa-tune run --resume {records.sweep_dir}` continues it")
     return SweepAnalysis(records, selection, tuple(notes))
 
 

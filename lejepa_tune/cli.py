@@ -165,6 +165,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"\nSweep '{spec.name}': {len(records.trials)} trials in {_minutes(records.elapsed_s)}; results in {records.sweep_dir}")
     if files:
         print(f"Report: {files['html']}")
+    if records.interrupted:
+        print(f"Interrupted: continue it with: lejepa-tune run --resume {records.sweep_dir}")
+        return 130
     return 0 if analysis is not None and analysis.choice is not None else 1
 
 

@@ -77,7 +77,8 @@ class TrialRecord:
 class SweepRecords:
     """A finished sweep: its resolved space as data (``spec``, see
     :func:`lejepa_tune.search_space.spec_to_dict`), its trials in the order Tune created them,
-    where it lives and where it was tracked."""
+    where it lives and where it was tracked. ``interrupted``: the sweep was stopped (Ctrl+C)
+    before all its trials ended; ``lejepa-tune run --resume`` continues it."""
 
     name: str
     spec: Mapping[str, Any]
@@ -87,6 +88,7 @@ class SweepRecords:
     experiment: str | None = None
     parent_run_id: str | None = None
     elapsed_s: float = math.nan
+    interrupted: bool = False
 
     def to_json(self) -> str:
         """The records as JSON; a password in the tracking URI is masked (files are shared)."""

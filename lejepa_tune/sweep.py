@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -368,20 +370,50 @@ def run_sweep(
     else:
         tuner = _new_tuner(spec, sweep_dir, trainable, tracker, verbose)
     status = "FAILED"
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    _INTERRUPTED.clear()
     try:
         grid = tuner.fit()
-        _close_orphans(sweep_dir, spec.name)
+        interrupted = _INTERRUPTED.is_set()
+        if not interrupted:  # an interrupted sweep's running Optuna trials are its stopped trials, which a resume continues
+            _close_orphans(sweep_dir, spec.name)
         run_ids = tracker.trial_runs()
         trials = tuple(_record(r, spec, sweep_dir, run_ids) for r in grid)
-        status = "FINISHED"
+        status = "KILLED" if interrupted else "FINISHED"
     finally:
         tracker.finish(status)
+        if main_thread:  # Tune leaves its handler installed after a run that was not interrupted
+            signal.signal(signal.SIGINT, sigint)
     records = SweepRecords(
         name=spec.name, spec=spec_to_dict(spec), trials=trials, sweep_dir=sweep_dir, tracking_uri=uri,
         experiment=experiment, parent_run_id=tracker.parent_run_id, elapsed_s=time.perf_counter() - start,
+        interrupted=interrupted,
     )
     write_records(records)
     return records
+
+
+_INTERRUPTED = threading.Event()
+
+
+class _NoticeInterrupt(Callback):
+    """Notes a Ctrl+C. Tune ends a run gracefully on the first one (its state saved, its
+    trials stopped, ``fit`` returning as usual) and says so only in its log; this callback,
+    set up after Tune installed its SIGINT handler, chains itself in front of it, so that the
+    sweep knows it was interrupted (``lejepa-tune run --resume`` continues it). Tune's handler
+    still answers, and a second Ctrl+C gets the handler from before Tune's."""
+
+    def setup(self, **info):
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or not callable(tune_handler):
+            return
+
+        def noticed(signum, frame):
+            _INTERRUPTED.set()
+            tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, noticed)
 
 
 def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTracker, verbose: int) -> ray.tune.Tuner:
@@ -394,7 +426,7 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
 
     mlflow = MLflowTrialCallback(tracker, resolve_trial, checkpointed)
     optuna_url = _optuna_storage(sweep_dir)
-    callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else [])]
+    callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt()]
     return ray.tune.Tuner(
         trainable,
         param_space=_param_space(spec),

@@ -258,7 +258,9 @@ class MLflowTrialCallback(Callback):
     epoch's metrics at ``step=epoch``; the checkpoint's URI as a tag when it completes.
 
     Each epoch is logged once: a trial resumed from a checkpoint reports again the epochs
-    after it, and those already logged are skipped. Restored with its Tune experiment
+    after it, and those already logged are skipped (by epoch, not by the latest one logged:
+    the newest checkpoint on disk can be one Ray Train had not registered yet, so the run
+    resumes from the one before it, whose epoch may not have been logged). Restored with its Tune experiment
     (``Tuner.restore``), the callback re-attaches to the sweep's parent run and its children.
 
     A driver that dies can take with it an epoch a trial had saved and reported but that had
@@ -274,8 +276,10 @@ class MLflowTrialCallback(Callback):
         self.resolve_trial = resolve_trial  # (trial id, Tune config) -> (resolved config, searched)
         self.checkpointed = checkpointed
         self.run_ids: dict[str, str] = tracker.trial_runs()
-        self.logged: dict[str, int] = {t: self._last_step(r) for t, r in self.run_ids.items()}
+        self.logged: dict[str, set[int]] = {t: self._logged_steps(r) for t, r in self.run_ids.items()}
         self.last_results: dict[str, dict[str, Any]] = {}
+        self.started: set[str] = set()  # trials started (or resumed) by this driver
+        self.ended: set[str] = set()  # ... and those of them whose run it ended
 
     def __getstate__(self) -> dict[str, Any]:
         t = self.tracker
@@ -286,9 +290,8 @@ class MLflowTrialCallback(Callback):
         tracker = SweepTracker(state["uri"], state["experiment"], "", state["sweep_dir"], parent_run_id=state["parent"])
         self.__init__(tracker, state["resolve_trial"], state.get("checkpointed"))
 
-    def _last_step(self, run_id: str) -> int:
-        history = self.tracker.client.get_metric_history(run_id, EPOCH)
-        return max((int(m.value) for m in history), default=-1)
+    def _logged_steps(self, run_id: str) -> set[int]:
+        return {int(m.value) for m in self.tracker.client.get_metric_history(run_id, EPOCH)}
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -297,7 +300,10 @@ class MLflowTrialCallback(Callback):
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.run_ids:  # a trial of an interrupted sweep, resumed
+            self.tracker.client.update_run(self.run_ids[trial.trial_id], status="RUNNING")
         run_id = self._run_id(trial)
+        self.started.add(trial.trial_id)
         saved = self.checkpointed(trial.trial_id) if self.checkpointed is not None else None
         if saved is not None:
             self._log(run_id, trial.trial_id, saved)
@@ -309,9 +315,9 @@ class MLflowTrialCallback(Callback):
 
     def _log(self, run_id: str, trial_id: str, result: Mapping[str, Any]) -> None:
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))
-        if step <= self.logged.get(trial_id, -1):
+        if step in self.logged.setdefault(trial_id, set()):
             return  # logged before the trial (or the sweep) was resumed
-        self.logged[trial_id] = step
+        self.logged[trial_id].add(step)
         self.tracker.log_metrics(run_id, {**numeric_metrics(result), EPOCH: float(step)}, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -320,16 +326,26 @@ class MLflowTrialCallback(Callback):
         if last.get(DIVERGED):
             self.tracker.set_tag(run_id, ERROR_TAG, f"TrainingDiverged: {last[DIVERGED]}"[:500])
             self.tracker.end_run(run_id, "FAILED")
+            self.ended.add(trial.trial_id)
             return
         checkpoint = last.get("checkpoint_path")
         if checkpoint:
             self.tracker.set_tag(run_id, CHECKPOINT_TAG, str(checkpoint))
         self.tracker.end_run(run_id, "FINISHED")
+        self.ended.add(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
         self.tracker.set_tag(run_id, ERROR_TAG, _first_error_line(getattr(trial, "error_file", None)))
         self.tracker.end_run(run_id, "FAILED")
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        """The runs of trials that started here but neither completed nor failed (the sweep was
+        interrupted: Tune stops them without a word to its callbacks) are marked KILLED, not
+        left RUNNING; a resumed sweep marks them RUNNING again."""
+        for trial_id in self.started - self.ended:
+            self.tracker.end_run(self.run_ids[trial_id], "KILLED")
 
 
 def _first_error_line(error_file: str | None) -> str:

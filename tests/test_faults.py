@@ -132,6 +132,44 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
     assert {EPOCH, OBJECTIVE} <= set(kids[0].data.metrics)
 
 
+def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local_ray, tmp_path):
+    """SIGINT (Ctrl+C) to `lejepa-tune run` mid-trial: Tune saves its state and stops the trial;
+    the command says it was interrupted and how to continue, exits 130, and marks the sweep's
+    and the trial's MLflow runs KILLED, not FINISHED or left RUNNING. `--resume` then finishes
+    the trial from its checkpoint: every epoch logged once, the Optuna trial completed."""
+    space = write_space(tmp_path, "ctrl_c", LAM_SEARCH, {"num_samples": 1, "seed": 0}, base=BASE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps"), "--address", local_ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(uri)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(1 in epochs_logged(client, r.info.run_id) for r in children(client, "ctrl_c")):
+        assert driver.poll() is None, driver.stdout.read()[-3000:]
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    out = driver.communicate(timeout=120)[0]
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    assert driver.returncode == 130, out[-3000:]
+    assert out.rstrip().splitlines()[-1] == f"Interrupted: continue it with: lejepa-tune run --resume {sweep_dir}", out[-3000:]
+    (run,) = children(client, "ctrl_c")
+    parent = client.search_runs([run.info.experiment_id], "tags.`lejepa_tune.role` = 'sweep'")[0]
+    assert (parent.info.status, client.get_run(run.info.run_id).info.status) == ("KILLED", "KILLED")
+    stopped_at = max(epochs_logged(client, run.info.run_id))
+    assert stopped_at < 4, "the trial ended before the interrupt: the test proves nothing"
+
+    resumed = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", "--resume", str(sweep_dir), *common],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    (trial,) = read_records(str(sweep_dir)).trials
+    assert trial.status == "completed" and trial.epochs == 4
+    assert client.get_run(run.info.run_id).info.status == "FINISHED" and epochs_logged(client, run.info.run_id) == [1, 2, 3, 4]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    study = optuna.load_study(study_name="ctrl_c", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
 def test_two_sweeps_started_together_share_one_mlflow_database(local_ray, tmp_path):
     """Two `lejepa-tune run` in one directory at the same moment, both on the default
     sqlite:///mlflow.db, on one Ray cluster (the session's): both complete, with all their runs
