@@ -90,6 +90,13 @@ def correlation(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
+def _rho_with_ci(agreement) -> str:
+    """``Spearman ρ = 0.88 [0.40, 1.00]``, or why there is none (too few trials, ties)."""
+    if not math.isfinite(agreement.spearman):
+        return f"Spearman ρ undefined ({agreement.n} trials)"
+    return f"Spearman ρ = {correlation(agreement.spearman)} {_ci(*agreement.spearman_ci)}"
+
+
 def regret_points(regret: float | None) -> str:
     """A regret (accuracy lost, a fraction) in points of accuracy, as a person reads it: 0.0083
     is 0.8 points. The terminal, the page and the MLflow description show it so; the CSV files
@@ -377,7 +384,7 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
         a = sel.agreements[sel.default]
         why = (f"<p><b>Chosen without labels: trial {esc(choice.trial_id)}</b> ({esc(trial_label(dict(choice.params)))}), "
                f"the best {esc(sel.default)} of the completed trials. Why {esc(sel.default)}: {esc(sel.reason)}.</p>"
-               f"<p>Judged afterwards with labels: Spearman ρ = {correlation(a.spearman)} {_ci(*a.spearman_ci)} against "
+               f"<p>Judged afterwards with labels: {_rho_with_ci(a)} against "
                f"{esc(sel.reference)} (noise ceiling {correlation(sel.noise_ceiling)}), regret {regret_points(a.regret)} points; "
                f"the best trial by labels is {esc(sel.best_by_reference or '-')}.</p>")
     else:

@@ -104,3 +104,17 @@ def test_html_is_self_contained_and_its_images_decode(tmp_path):
     header = re.search(r"<h2>Trials</h2>\s*<table><thead><tr>(.*?)</tr>", page).group(1)
     columns = re.findall(r"<th[^>]*>(.*?)</th>", header)
     assert len(columns) == len(set(columns))  # no duplicated columns
+
+
+def test_an_interrupted_sweep_says_so_with_how_to_resume_and_an_undefined_rho_in_words(tmp_path):
+    from dataclasses import replace
+
+    records = synthetic_records()
+    done = [t for t in records.trials if t.status == "completed"][:2]
+    spec = {**records.spec, "tune": {"num_samples": 8}}
+    a = analyse(replace(records, spec=spec, trials=tuple(done), interrupted=True), n_boot=100)
+    warning = "the sweep was interrupted, with 2 of its 8 trials completed"
+    assert a.warnings[0].startswith(warning) and f"lejepa-tune run --resume {records.sweep_dir}" in a.warnings[0]
+    assert warning in format_selection(a)
+    page = write_report(a, tmp_path)["html"].read_text()
+    assert warning in page and "Spearman ρ undefined (2 trials)" in page
