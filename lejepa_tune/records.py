@@ -16,6 +16,8 @@ import json
 import math
 import posixpath
 import re
+import socket
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,6 +39,7 @@ __all__ = [
     "short_name",
     "trial_label",
     "mask_uri",
+    "unreachable",
 ]
 
 RECORDS_FILE = "records.json"
@@ -172,6 +175,21 @@ def _short(value: Any) -> str:
 def trial_label(params: Mapping[str, Any]) -> str:
     """``lam=0.0051 lr=0.002``: a trial named by its searched values (two significant digits)."""
     return " ".join(f"{short_name(k)}={_short(v)}" for k, v in params.items())
+
+
+def unreachable(parts: urllib.parse.SplitResult, default_port: int, nobody: str = "nothing", timeout: float = 5.0) -> str | None:
+    """Why nothing answers at the host and port of a split URL (``default_port`` where it names
+    none): ``"nothing answers at HOST:PORT (Connection refused)"`` (``nobody`` names what was
+    expected), or ``"not a valid port"``; ``None`` when something accepts a connection."""
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        return "not a valid port"
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{nobody} answers at {parts.hostname}:{port} ({err.strerror or err})"
+    return None
 
 
 def mask_uri(uri: str) -> str:

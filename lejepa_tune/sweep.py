@@ -40,7 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .config import ConfigError, config_to_dict
 from .data import DataSplits, as_tensors, build_datasets
 from .metrics import DIVERGED, EPOCH, REFERENCE_ACC
-from .records import SweepRecords, TrialRecord, join_uri, write_records, write_text
+from .records import SweepRecords, TrialRecord, join_uri, unreachable, write_records, write_text
 from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import checkpointed_metrics, resolve_resources, trial_driver, trial_output_dir
@@ -263,16 +263,11 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     where = "--address" if address else "RAY_ADDRESS"
     client = given.startswith("ray://")  # Ray Client, port 10001 by default; else the GCS, 6379
     parts = urllib.parse.urlsplit(given if "://" in given else f"//{given}")
-    try:
-        host, port = parts.hostname, parts.port or (10001 if client else 6379)
-    except ValueError:
-        raise ConfigError(f"{where}: {given}: not a valid port") from None
-    if not host:
+    if not parts.hostname:
         raise ConfigError(f"{where}: {given}: expected HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        raise ConfigError(f"{where}: {given}: no Ray cluster answers at {host}:{port} ({err.strerror or err})") from None
+    problem = unreachable(parts, 10001 if client else 6379, "no Ray cluster", timeout)
+    if problem is not None:
+        raise ConfigError(f"{where}: {given}: {problem}")
 
 
 def init_ray(address: str | None = None, include_dashboard: bool = True, **kwargs: Any):

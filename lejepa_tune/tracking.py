@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 import urllib.parse
@@ -29,7 +28,7 @@ from ray.tune import Callback
 
 from .config import ConfigError, flatten_dict
 from .metrics import DIVERGED, EPOCH
-from .records import mask_uri, trial_label
+from .records import mask_uri, trial_label, unreachable
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -105,14 +104,9 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     # A server reached through an HTTP proxy (HTTP_PROXY, HTTPS_PROXY) is MLflow's to reach.
     proxied = scheme in ("http", "https") and scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
     if scheme in _DEFAULT_PORTS and parts.hostname and not proxied:
-        try:
-            port = parts.port or _DEFAULT_PORTS[scheme]
-        except ValueError:
-            raise ConfigError(f"{where}: {mask_uri(uri)}: not a valid port") from None
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
-        except OSError as err:
-            raise ConfigError(f"{where}: {mask_uri(uri)}: nothing answers at {parts.hostname}:{port} ({err.strerror or err})") from None
+        problem = unreachable(parts, _DEFAULT_PORTS[scheme], timeout=timeout)
+        if problem is not None:
+            raise ConfigError(f"{where}: {mask_uri(uri)}: {problem}")
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables...": not news
     level = quiet.level
     quiet.setLevel(logging.WARNING)
