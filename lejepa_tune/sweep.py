@@ -18,6 +18,7 @@ two 1-worker trials run at once.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -368,6 +369,8 @@ def run_sweep(
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     _INTERRUPTED.clear()
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_without_tune_restore_hint)
     try:
         grid = tuner.fit()
         interrupted = _INTERRUPTED.is_set()
@@ -377,6 +380,7 @@ def run_sweep(
         trials = tuple(_record(r, spec, sweep_dir, run_ids) for r in grid)
         status = "KILLED" if interrupted else "FINISHED"
     finally:
+        tune_log.removeFilter(_without_tune_restore_hint)
         tracker.finish(status)
         if main_thread:  # Tune leaves its handler installed after a run that was not interrupted
             signal.signal(signal.SIGINT, sigint)
@@ -390,6 +394,13 @@ def run_sweep(
 
 
 _INTERRUPTED = threading.Event()
+
+
+def _without_tune_restore_hint(record: logging.LogRecord) -> bool:
+    """Leaves out Tune's "Experiment has been interrupted ... Resume experiment with:
+    Tuner.restore(...)": a sweep restored that way would run without its MLflow runs, its Optuna
+    study and its report. The command says what continues it (``lejepa-tune run --resume``)."""
+    return not record.getMessage().startswith("Experiment has been interrupted")
 
 
 class _NoticeInterrupt(Callback):

@@ -153,6 +153,7 @@ def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
     assert driver.returncode == 130, out[-3000:]
     assert out.rstrip().splitlines()[-1] == f"Interrupted: continue it with: lejepa-tune run --resume {sweep_dir}", out[-3000:]
+    assert "Tuner.restore" not in out, out[-3000:]  # Tune's own hint, which would resume without MLflow or Optuna
     (run,) = children(client, "ctrl_c")
     parent = client.search_runs([run.info.experiment_id], "tags.`lejepa_tune.role` = 'sweep'")[0]
     assert (parent.info.status, client.get_run(run.info.run_id).info.status) == ("KILLED", "KILLED")
