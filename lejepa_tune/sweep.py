@@ -46,7 +46,9 @@ from .search_space import SweepSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import checkpointed_metrics, resolve_resources, trial_driver, trial_output_dir
 
-__all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SPEC_FILE"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SPEC_FILE", "orphaned_train_placement_groups", "free_orphaned_train_placement_groups"]
 
 SPEC_FILE = "spec.yaml"
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -422,6 +424,90 @@ class _NoticeInterrupt(Callback):
         signal.signal(signal.SIGINT, noticed)
 
 
+def _train_placement_groups() -> dict[str, bool]:
+    """The placement groups (hex ids) this job's Ray Train controllers hold, each with whether
+    its controller is alive."""
+    from ray._private.state import actors, state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    job = ray.get_runtime_context().get_job_id()
+    held = {}
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = PlacementGroupTableData.FromString(raw)
+        creator = group.creator_actor_id.hex()
+        if group.state != PlacementGroupTableData.CREATED or group.is_detached or group.creator_job_id.hex() != job or not creator.strip("f"):
+            continue  # removed, detached, another job's, or created by a driver, not an actor
+        actor = actors(actor_id=creator)
+        if actor and actor["ActorClassName"] == "TrainController":
+            held[group.placement_group_id.hex()] = actor["State"] != "DEAD"
+    return held
+
+
+def orphaned_train_placement_groups() -> list[str]:
+    """The placement groups (hex ids) of this job's Ray Train runs whose controller is dead.
+
+    A run's controller frees its workers' placement group when the run ends, and Ray Train's
+    placement-group cleaner frees it when the controller dies first; but the controller stops
+    the cleaner before it frees the group. When ASHA stops a trial whose run is ending by itself
+    (its last epochs take less time than the stop takes to land), Tune removes the trial's own
+    placement group, and the controller in it, in between: the run's placement group, and its
+    CPUs, stay taken until the sweep's driver exits, and later trials wait for them. Ray keeps
+    a non-detached placement group for as long as the job that created it lives, so such a
+    group is found by its creator: a ``TrainController`` actor that is dead."""
+    return [hex_id for hex_id, alive in _train_placement_groups().items() if not alive]
+
+
+def free_orphaned_train_placement_groups() -> list[str]:
+    """Removes the placement groups ``orphaned_train_placement_groups`` finds; returns them."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    orphans = orphaned_train_placement_groups()
+    for hex_id in orphans:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(hex_id))))
+    return orphans
+
+
+class _FreeOrphanedWorkers(Callback):
+    """Frees the workers of trial runs whose controller died with the run's placement group
+    still held (``orphaned_train_placement_groups``): every ``every_s`` seconds of the sweep's
+    loop, and at its end, once the controllers of its last trials are gone (at most
+    ``end_wait_s``). Only a scheduler that stops trials leaves such runs behind."""
+
+    def __init__(self, every_s: float = 2.0, end_wait_s: float = 10.0):
+        self.every_s = every_s
+        self.end_wait_s = end_wait_s
+        self._next = 0.0
+        self._broken = False
+
+    def _free(self) -> None:
+        try:
+            freed = free_orphaned_train_placement_groups()
+        except Exception as err:  # Ray's GCS tables are internal: a change in them must not end the sweep
+            logger.warning("could not look for the placement groups of dead trial runs: %s", err)
+            self._broken = True
+            return
+        if freed:
+            logger.info("freed the placement groups of %d trial run(s) whose controller had died: %s", len(freed), ", ".join(freed))
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._broken or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every_s
+        self._free()
+
+    def on_experiment_end(self, trials, **info):
+        deadline = time.monotonic() + self.end_wait_s
+        self._free()
+        while not self._broken and time.monotonic() < deadline:
+            try:
+                if not any(_train_placement_groups().values()):  # no controller left to die
+                    return
+            except Exception:
+                return
+            time.sleep(0.2)
+            self._free()
+
+
 def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTracker, verbose: int) -> ray.tune.Tuner:
     def resolve_trial(trial_id: str, tune_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         params = {k: tune_config[k] for k in spec.search if k in tune_config}
@@ -433,6 +519,8 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     mlflow = MLflowTrialCallback(tracker, resolve_trial, checkpointed)
     optuna_url = _optuna_storage(sweep_dir)
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt()]
+    if spec.tune.scheduler != "none":
+        callbacks.append(_FreeOrphanedWorkers())
     return ray.tune.Tuner(
         trainable,
         param_space=_param_space(spec),

@@ -25,7 +25,8 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import _concurrency, _param_space, _scheduler, _searcher, dashboard_hint, ray_address, run_sweep
+from lejepa_tune.sweep import (_concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
+                               orphaned_train_placement_groups, ray_address, run_sweep)
 from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
@@ -250,6 +251,55 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(1)
     assert local_ray.available_resources().get("CPU", 0) == 2
+
+
+def test_the_placement_group_of_a_dead_train_controller_is_found_and_freed(local_ray):
+    """A controller killed with its run's placement group held (as when Tune stops a trial
+    whose run is ending by itself, which a test of a real sweep meets too rarely to rely on):
+    the group is found and removed, and its CPU comes back; a dead actor's of another class,
+    and a live controller's, are left alone."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    def group(hex_id: str) -> PlacementGroup:
+        return PlacementGroup(ray.PlacementGroupID(bytes.fromhex(hex_id)))
+
+    def cpus() -> float:
+        return local_ray.available_resources().get("CPU", 0)
+
+    class TrainController:  # Ray Train's controller's class name (defined here: Ray's workers cannot import tests/)
+        def hold(self) -> str:
+            group = ray.util.placement_group([{"CPU": 1}])
+            ray.get(group.ready())
+            return group.id.hex()
+
+    class Holder(TrainController):
+        pass
+
+    TrainController.__qualname__ = "TrainController"  # as Ray names the actor's class
+
+    dead, other = (ray.remote(num_cpus=0)(cls).remote() for cls in (TrainController, Holder))
+    dead_group, other_group = ray.get([dead.hold.remote(), other.hold.remote()])
+    assert cpus() == 0
+    ray.kill(dead)
+    ray.kill(other)
+    deadline = time.monotonic() + 30
+    while not orphaned_train_placement_groups() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert orphaned_train_placement_groups() == [dead_group]
+    assert free_orphaned_train_placement_groups() == [dead_group]
+    while cpus() < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cpus() == 1 and orphaned_train_placement_groups() == []
+    remove_placement_group(group(other_group))
+
+    alive = ray.remote(num_cpus=0)(TrainController).remote()
+    alive_group = ray.get(alive.hold.remote())
+    assert orphaned_train_placement_groups() == []
+    remove_placement_group(group(alive_group))
+    ray.kill(alive)
+    while cpus() < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cpus() == 2
 
 
 def test_a_sweep_joins_the_address_it_is_given_else_ray_address_else_starts_its_own(monkeypatch):
