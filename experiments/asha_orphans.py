@@ -69,7 +69,7 @@ def main() -> None:
     from lejepa_tune.search_space import sweep_spec_from_dict
 
     if args.without_freeing:
-        sweep._FreeOrphanedWorkers._free = lambda self: None
+        sweep._FreeOrphanedWorkers._free = lambda self: {}
     count = _Count()
     logging.getLogger("lejepa_tune.sweep").addHandler(count)
     logging.getLogger("lejepa_tune.sweep").setLevel(logging.INFO)

@@ -459,12 +459,15 @@ def orphaned_train_placement_groups() -> list[str]:
 
 def free_orphaned_train_placement_groups() -> list[str]:
     """Removes the placement groups ``orphaned_train_placement_groups`` finds; returns them."""
+    return _remove_placement_groups(orphaned_train_placement_groups())
+
+
+def _remove_placement_groups(hex_ids: list[str]) -> list[str]:
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    orphans = orphaned_train_placement_groups()
-    for hex_id in orphans:
+    for hex_id in hex_ids:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(hex_id))))
-    return orphans
+    return hex_ids
 
 
 class _FreeOrphanedWorkers(Callback):
@@ -479,33 +482,31 @@ class _FreeOrphanedWorkers(Callback):
         self._next = 0.0
         self._broken = False
 
-    def _free(self) -> None:
+    def _free(self) -> dict[str, bool]:
+        """Frees the groups of dead controllers; returns every group looked at, with whether its
+        controller is alive (none once looking has failed)."""
+        if self._broken:
+            return {}
         try:
-            freed = free_orphaned_train_placement_groups()
+            held = _train_placement_groups()
+            freed = _remove_placement_groups([hex_id for hex_id, alive in held.items() if not alive])
         except Exception as err:  # Ray's GCS tables are internal: a change in them must not end the sweep
             logger.warning("could not look for the placement groups of dead trial runs: %s", err)
             self._broken = True
-            return
+            return {}
         if freed:
             logger.info("freed the placement groups of %d trial run(s) whose controller had died: %s", len(freed), ", ".join(freed))
+        return held
 
     def on_step_begin(self, iteration, trials, **info):
-        if self._broken or time.monotonic() < self._next:
-            return
-        self._next = time.monotonic() + self.every_s
-        self._free()
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every_s
+            self._free()
 
     def on_experiment_end(self, trials, **info):
         deadline = time.monotonic() + self.end_wait_s
-        self._free()
-        while not self._broken and time.monotonic() < deadline:
-            try:
-                if not any(_train_placement_groups().values()):  # no controller left to die
-                    return
-            except Exception:
-                return
+        while any(self._free().values()) and time.monotonic() < deadline:  # a controller is yet to die
             time.sleep(0.2)
-            self._free()
 
 
 def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTracker, verbose: int) -> ray.tune.Tuner:
