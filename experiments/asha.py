@@ -7,6 +7,7 @@ trained), the wall time, and the regret of the label-free choice against the ref
     python experiments/asha.py --smoke-test                # tiny, for CI
     python experiments/asha.py --output-dir DIR --set tune.reduction_factor=4   # another ASHA setting
     python experiments/asha.py --output-dir DIR --set tune.searcher=random      # random search: FIFO and ASHA train the same trials
+    python experiments/asha.py --output-dir DIR --schedulers none               # the FIFO sweeps alone (for asha_replay.py)
 
 Sweeps already finished in ``DIR`` (by name) are read back, not run again: a FIFO run does not
 depend on ASHA's settings, so one can be copied in from another output directory.
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--schedulers", nargs="+", default=["none", "asha"], choices=["none", "asha"],
+                        help="which sweeps to run per seed (default both; FIFO alone feeds asha_replay.py)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of the space for every run")
     parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: start one on this machine)")
     args = parser.parse_args()
@@ -54,7 +57,7 @@ def main() -> None:
     init_ray(address=args.address, logging_level="ERROR", log_to_driver=False)
     rows, results = [], {}
     for seed in args.seeds[:1] if args.smoke_test else args.seeds:
-        for scheduler in ("asha",) if args.smoke_test else ("none", "asha"):
+        for scheduler in ("asha",) if args.smoke_test else args.schedulers:
             name = f"full_{scheduler}_seed{seed}"
             records = run(root, name, [*(SMOKE if args.smoke_test else []), *args.set, f"tune.scheduler={scheduler}", f"tune.seed={seed}", f"train.seed={seed}"])
             analysis = analyse(records)

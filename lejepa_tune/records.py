@@ -43,14 +43,15 @@ __all__ = [
 ]
 
 RECORDS_FILE = "records.json"
-STATUSES = ("completed", "stopped", "error")
+STATUSES = ("completed", "stopped", "interrupted", "error")
 
 
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial as the sweep ended it.
 
-    ``status``: ``completed`` (all epochs), ``stopped`` (by the scheduler) or ``error``.
+    ``status``: ``completed`` (all epochs), ``stopped`` (by the scheduler), ``interrupted`` (still
+    running when the sweep was interrupted: ``lejepa-tune run --resume`` continues it) or ``error``.
     ``params``: the searched values, exactly as sampled. ``metrics``: the last reported
     numbers (``train/*``, ``labelfree/*``, ``eval/*``...). ``details``: the last reported
     non-numeric values (the reference probe's per-image results). ``checkpoint``: the URI of

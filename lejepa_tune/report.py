@@ -216,7 +216,7 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
     if any(math.isfinite(v) for _, v, _ in series):
         fig = Figure(figsize=(6.4, 3.6), layout="constrained")
         ax = fig.add_subplot()
-        colour = {"completed": "tab:blue", "stopped": "tab:orange", "error": "tab:red"}
+        colour = {"completed": "tab:blue", "stopped": "tab:orange", "interrupted": "tab:gray", "error": "tab:red"}
         for status in colour:
             pts = [(i, v) for i, v, s in series if s == status and math.isfinite(v)]
             if pts:

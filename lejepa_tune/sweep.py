@@ -28,7 +28,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import optuna
 import ray
@@ -379,7 +379,8 @@ def run_sweep(
         if not interrupted:  # an interrupted sweep's running Optuna trials are its stopped trials, which a resume continues
             _close_orphans(sweep_dir, spec.name)
         run_ids = tracker.trial_runs()
-        trials = tuple(_record(r, spec, sweep_dir, run_ids) for r in grid)
+        killed = tracker.killed_trials() if interrupted else set()
+        trials = tuple(_record(r, spec, sweep_dir, run_ids, killed) for r in grid)
         status = "KILLED" if interrupted else "FINISHED"
     finally:
         tune_log.removeFilter(_without_tune_restore_hint)
@@ -543,7 +544,9 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     )
 
 
-def _record(result, spec: SweepSpec, sweep_dir: str, run_ids: Mapping[str, str]) -> TrialRecord:
+def _record(result, spec: SweepSpec, sweep_dir: str, run_ids: Mapping[str, str], interrupted: Collection[str] = ()) -> TrialRecord:
+    """The record of one trial of Tune's results; ``interrupted``: the ids of the trials that
+    the sweep's interruption stopped (Tune ends them as it ends those a scheduler stopped)."""
     metrics = dict(result.metrics or {})
     trial_id = str(metrics.get("trial_id") or Path(result.path).name)
     params = {k: result.config.get(k) for k in spec.search} if result.config else {}
@@ -555,7 +558,7 @@ def _record(result, spec: SweepSpec, sweep_dir: str, run_ids: Mapping[str, str])
         status, error = "error", f"TrainingDiverged: {metrics[DIVERGED]}"
     else:
         target = int(params.get("train.epochs", spec.base.train.epochs))  # epochs may be searched
-        status, error = ("completed" if epochs >= target else "stopped"), None
+        status, error = ("completed" if epochs >= target else "interrupted" if trial_id in interrupted else "stopped"), None
     details = {k: v for k, v in metrics.items() if isinstance(v, str) and "/" in k and k != DIVERGED}
     checkpoint = metrics.get("checkpoint_path")
     return TrialRecord(

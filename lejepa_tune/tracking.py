@@ -209,6 +209,16 @@ class SweepTracker:
         )
         return {r.data.tags[TRIAL_ID_TAG]: r.info.run_id for r in runs if TRIAL_ID_TAG in r.data.tags}
 
+    def killed_trials(self) -> set[str]:
+        """The trial ids of this sweep's child runs marked ``KILLED`` (those the sweep's
+        interruption stopped, see ``MLflowTrialCallback.on_experiment_end``)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'KILLED'",
+            max_results=10_000,
+        )
+        return {r.data.tags[TRIAL_ID_TAG] for r in runs if TRIAL_ID_TAG in r.data.tags}
+
     def log_sweep_params(self, params: Mapping[str, Any]) -> None:
         self._log_params(self.parent_run_id, params)
 

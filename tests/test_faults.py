@@ -159,6 +159,8 @@ def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local
     assert (parent.info.status, client.get_run(run.info.run_id).info.status) == ("KILLED", "KILLED")
     stopped_at = max(epochs_logged(client, run.info.run_id))
     assert stopped_at < 4, "the trial ended before the interrupt: the test proves nothing"
+    (trial,) = read_records(str(sweep_dir)).trials  # told from a trial a scheduler stopped
+    assert (trial.status, trial.epochs) == ("interrupted", stopped_at)
 
     resumed = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", "--resume", str(sweep_dir), *common],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

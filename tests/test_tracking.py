@@ -88,6 +88,26 @@ def test_an_epoch_saved_but_not_logged_when_the_driver_died_is_logged_when_its_t
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
 
 
+def test_the_trials_an_interruption_stopped_are_told_from_those_that_ended(tmp_path):
+    """Tune stops a running trial without a word to its callbacks when the sweep is interrupted:
+    its run is marked KILLED, and the tracker finds it as one the interruption stopped; a trial
+    that completed, one a scheduler stopped (Tune calls ``on_trial_complete`` for it) and one
+    that failed are not."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "exp", "s", str(tmp_path))
+    callback = MLflowTrialCallback(tracker, _resolve)
+    trials = {name: Trial("trial_driver", config={"loss.lam": 0.1}, trial_id=name, stub=True) for name in ("done", "stopped", "failed", "running")}
+    for i, trial in enumerate(trials.values()):
+        callback.on_trial_start(i, [], trial)
+        callback.on_trial_result(i, [], trial, {EPOCH: 1, LOSS: 1.0})
+    callback.on_trial_complete(4, [], trials["done"])
+    callback.on_trial_complete(5, [], trials["stopped"])
+    callback.on_trial_error(6, [], trials["failed"])
+    callback.on_experiment_end(list(trials.values()))
+    assert tracker.killed_trials() == {"running"}
+    assert MlflowClient(uri).get_run(tracker.trial_runs()["running"]).info.status == "KILLED"
+
+
 @pytest.mark.slow
 def test_clients_opened_together_on_a_new_sqlite_file_all_succeed(tmp_path):
     """The first client on a new SQLite file creates MLflow's tables; three processes doing so at
