@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--output-dir", nargs="+", default=[], help="output directories of experiments/asha.py")
     parser.add_argument("--slots", type=int, default=2, help="trials at a time, as in the sweeps")
     parser.add_argument("--orders", type=int, default=200, help="random arrival orders replayed per setting")
+    parser.add_argument("--every-grace", action="store_true", help="random orders at every grace period (default: grace 1 only)")
     parser.add_argument("--smoke-test", action="store_true")
     args = parser.parse_args()
     orders = 5 if args.smoke_test else args.orders
@@ -157,7 +158,7 @@ def main() -> None:
             r = replay(curves, grace, rf, epochs, args.slots)
             results[f"{name} grace={grace} rf={rf}"] = r
             rows.append([name, f"ASHA grace {grace}, rf {rf}", r["trial_epochs"], f"{r['trial_epochs'] / full:.0%}", r["finished"], 100 * r["regret"]])
-            if grace == 1:
+            if grace == 1 or args.every_grace:
                 o = r["random_orders"] = random_orders(curves, grace, rf, epochs, args.slots, orders, fifo_regret)
                 shuffled.append([name, f"ASHA grace {grace}, rf {rf}", f"{o['median']:.0%}", f"{o['q10']:.0%}-{o['q90']:.0%}", f"{o['met']:.0%}"])
     if args.output_dir:

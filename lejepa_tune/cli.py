@@ -123,7 +123,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.space}: ok: sweep '{spec.name}', {spec.tune.num_samples} trials of {spec.base.train.epochs} epochs")
     for key, d in spec.search.items():
         print(f"  {key}: {d.type} {d.describe()}")
+    print(f"  {_scheduler_line(spec.tune, spec.base.train.epochs)}")
     return 0
+
+
+def _scheduler_line(tune, epochs: int) -> str:
+    """What the search optimises and where its scheduler may stop a trial, in one line."""
+    head = f"searcher: {tune.searcher} on {tune.metric} ({tune.mode})"
+    if tune.scheduler == "none":
+        return f"{head}; no scheduler: every trial trains all its epochs"
+    rungs = tune.asha_rungs(epochs)
+    settings = f"tune.grace_period {tune.grace_period}, tune.reduction_factor {tune.reduction_factor:g}"
+    if not rungs:
+        return f"{head}; ASHA stops no trial: its first rung is not before the last epoch ({settings})"
+    where = " or ".join(", ".join(map(str, rungs)).rsplit(", ", 1))
+    return f"{head}; ASHA may stop a trial after epoch {where} of {epochs} ({settings})"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

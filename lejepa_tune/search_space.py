@@ -129,6 +129,18 @@ class TuneSpec:
     # How often Ray Train restarts a trial's workers after a failure (from its last checkpoint).
     max_failures: int = field(default=2, metadata={"check": (lambda v: v >= 0, "an integer >= 0")})
 
+    def asha_rungs(self, epochs: int) -> list[int]:
+        """The epochs after which ASHA may stop a trial of ``epochs`` epochs: Ray Tune's
+        rungs (``grace_period · reduction_factorᵏ``, a trial reaching ``m`` epochs being
+        compared at the first epoch ≥ ``m``), without the last epoch, where a trial is left to
+        end by itself (``sweep.FinishingASHA``). Empty without a scheduler."""
+        if self.scheduler == "none" or epochs < 1:
+            return []
+        grace = min(self.grace_period, epochs)
+        count = int(math.log(epochs / grace) / math.log(self.reduction_factor) + 1)  # as Tune's _Bracket counts them
+        rungs = {math.ceil(grace * self.reduction_factor**k) for k in range(count)}
+        return sorted(m for m in rungs if m < epochs)
+
 
 @dataclass(frozen=True)
 class ResourcesSpec:

@@ -143,6 +143,9 @@ def test_validate_command(tmp_path, capsys):
     assert main(["validate", str(write(tmp_path, GOOD))]) == 0
     out = capsys.readouterr().out
     assert "ok" in out and "loss.lam: loguniform [0.01, 0.5]" in out and "model.proj_dim: qint [16, 64] step 16" in out
+    # grace period 1, reduction factor 2 (the defaults) on 2 epochs: the one rung is after epoch 1
+    assert out.splitlines()[-1] == ("  searcher: tpe on labelfree/objective (max); ASHA may stop a trial after epoch 1 of 2 "
+                                    "(tune.grace_period 1, tune.reduction_factor 2)")
 
 
 def test_shipped_search_spaces_validate(capsys):

@@ -118,6 +118,27 @@ def test_asha_stops_trials_at_its_rungs_but_never_at_the_last_epoch():
     assert [plain.on_trial_result(None, t, result(*r)) for t, r in ((a, (2, 1.0)), (b, (2, 0.5)), (a, (6, 1.0)))] == ["CONTINUE", "STOP", "STOP"]
 
 
+@pytest.mark.parametrize("epochs,grace,rf", [(8, 1, 3), (8, 1, 2), (16, 2, 3), (9, 1, 3), (6, 2, 3), (10, 1, 2.5), (3, 4, 2), (1, 1, 3)])
+def test_the_rungs_validate_names_are_where_the_sweeps_asha_stops_a_trial(epochs, grace, rf):
+    """``TuneSpec.asha_rungs`` (what ``validate`` prints) against the scheduler a sweep runs: a
+    trial that reports as well as the first trial every epoch but one is stopped at that epoch
+    exactly when the epoch is a rung."""
+    spec = sweep_spec_from_dict({**SPACE, "base": {"train": {"epochs": epochs}}, "tune": {"scheduler": "asha", "grace_period": grace, "reduction_factor": rf}})
+    stops_at = []
+    for worse in range(1, epochs + 1):
+        asha, first, probe = _scheduler(spec), Trial("first"), Trial("probe")
+        asha.set_search_properties(OBJECTIVE, "max")
+        asha.on_trial_add(None, first)
+        asha.on_trial_add(None, probe)
+        for epoch in range(1, epochs + 1):
+            assert asha.on_trial_result(None, first, {"training_iteration": epoch, OBJECTIVE: 1.0}) == "CONTINUE"
+        for epoch in range(1, worse + 1):
+            decision = asha.on_trial_result(None, probe, {"training_iteration": epoch, OBJECTIVE: 0.0 if epoch == worse else 1.0})
+        stops_at += [worse] if decision == "STOP" else []
+    assert spec.tune.asha_rungs(epochs) == stops_at
+    assert sweep_spec_from_dict({**SPACE, "tune": {"scheduler": "none"}}).tune.asha_rungs(epochs) == []
+
+
 def placement_group_cleaners() -> int:
     """How many of Ray Train's placement-group cleaners the session's Ray has started, alive
     or dead."""
