@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -105,6 +106,8 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     proxied = scheme in ("http", "https") and scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
     if scheme in _DEFAULT_PORTS and parts.hostname and not proxied:
         problem = unreachable(parts, _DEFAULT_PORTS[scheme], timeout=timeout)
+        if problem is None and scheme in ("http", "https"):
+            problem = _silent(parts, timeout)
         if problem is not None:
             raise ConfigError(f"{where}: {mask_uri(uri)}: {problem}")
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables...": not news
@@ -121,6 +124,22 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow cannot track there ({detail.strip()})") from None
     finally:
         quiet.setLevel(level)
+
+
+def _silent(parts: urllib.parse.SplitResult, timeout: float) -> str | None:
+    """Why a tracking server that accepts connections is of no use, if it sends no answer to a
+    request within ``timeout`` seconds (MLflow's client waits 120 s for an answer and retries
+    seven times before it says so); ``None`` when any answer comes, an error status included (the
+    request through MLflow's client then tells what the server is)."""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    netloc = f"{host}:{parts.port}" if parts.port else host  # without credentials: MLflow's client sends those
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/api/2.0/mlflow/experiments/search", "max_results=1", ""))
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except Exception as err:  # an error status, TLS, a reset connection: an answer of sorts, for MLflow's client to judge
+        if isinstance(err, TimeoutError) or (isinstance(err, urllib.error.URLError) and isinstance(err.reason, TimeoutError)):
+            return f"the server accepted a connection but sent no answer in {timeout:g} s"
+    return None
 
 
 def _display(value: Any) -> str:

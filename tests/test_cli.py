@@ -238,3 +238,34 @@ def test_a_tracking_server_that_is_not_mlflows_is_refused_in_one_line_before_ray
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"lejepa-tune: error: --tracking-uri: {uri}: MLflow cannot track there (") and "error code" in err, err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_tracking_server_that_accepts_but_never_answers_is_refused_in_seconds(tmp_path, capsys):
+    """A server that accepts connections and sends nothing (hung): one line after the probe's
+    5 s, exit code 2, no sweep directory; MLflow's own client would retry for many minutes."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept_and_hold() -> None:
+        while True:
+            try:
+                held.append(listener.accept())
+            except OSError:  # closed: the test is over
+                return
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    (tmp_path / "space.yaml").write_text(SPACE)
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    start = time.monotonic()
+    try:
+        code = main(["run", str(tmp_path / "space.yaml"), "--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps")])
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"lejepa-tune: error: --tracking-uri: {uri}: the server accepted a connection but sent no answer in 5 s\n", err
+    assert held and time.monotonic() - start < 30
+    assert not (tmp_path / "sweeps").exists()
