@@ -98,8 +98,9 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     """Fails fast, before Ray starts, with a one-line ConfigError that begins with ``where``
     (``--tracking-uri``, or the file and key that gave the URI), where MLflow could not track:
     a scheme it has no store for, a database it cannot open, a server or database host at which
-    nothing answers (MLflow itself retries for minutes before it says so), or a server that
-    answers one request with an error (not an MLflow server, say)."""
+    nothing answers (MLflow itself retries for minutes before it says so), a server that accepts
+    a connection but sends no answer (hung), or a server that answers one request with an error
+    (not an MLflow server, say)."""
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.split("+", 1)[0]
     # A server reached through an HTTP proxy (HTTP_PROXY, HTTPS_PROXY) is MLflow's to reach.
