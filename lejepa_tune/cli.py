@@ -176,7 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(format_selection(analysis))
         _print_choice(analysis)
-    print(f"\nSweep '{spec.name}': {len(records.trials)} trials in {_minutes(records.elapsed_s)}; results in {records.sweep_dir}")
+    print(f"\nSweep '{spec.name}': {records.summary()} in {_minutes(records.elapsed_s)}; results in {records.sweep_dir}")
     if files:
         print(f"Report: {files['html']}")
     if records.interrupted:

@@ -94,6 +94,18 @@ class SweepRecords:
     elapsed_s: float = math.nan
     interrupted: bool = False
 
+    def summary(self) -> str:
+        """``"16 trials (5 completed, 11 stopped; 80 of their 256 epochs trained, 31%)"``: the
+        trials by status, in the order of ``STATUSES``, and, where some trials did not train all
+        their epochs (stopped, interrupted, failed), how many of those epochs were trained."""
+        counts = [f"{sum(t.status == s for t in self.trials)} {s}" for s in STATUSES if any(t.status == s for t in self.trials)]
+        default = (self.spec.get("base") or {}).get("train", {}).get("epochs")
+        planned = [t.params.get("train.epochs", default) for t in self.trials]
+        trained = sum(t.epochs for t in self.trials)
+        if all(isinstance(e, int) for e in planned) and trained < sum(planned):
+            counts[-1] += f"; {trained} of their {sum(planned)} epochs trained, {trained / sum(planned):.0%}"
+        return f"{len(self.trials)} trial{'' if len(self.trials) == 1 else 's'}" + (f" ({', '.join(counts)})" if counts else "")
+
     def to_json(self) -> str:
         """The records as JSON; a password in the tracking URI is masked (files are shared)."""
         data = asdict(self)

@@ -161,6 +161,7 @@ def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local
     assert stopped_at < 4, "the trial ended before the interrupt: the test proves nothing"
     (trial,) = read_records(str(sweep_dir)).trials  # told from a trial a scheduler stopped
     assert (trial.status, trial.epochs) == ("interrupted", stopped_at)
+    assert f"Sweep 'ctrl_c': 1 trial (1 interrupted; {stopped_at} of their 4 epochs trained, {stopped_at / 4:.0%}) in " in out, out[-3000:]
 
     resumed = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", "--resume", str(sweep_dir), *common],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

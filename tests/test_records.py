@@ -55,3 +55,17 @@ def test_a_password_in_the_tracking_uri_is_never_written():
     spec = sweep_spec_from_dict({"name": "s", "tracking": {"tracking_uri": uri}})
     records = SweepRecords("s", spec_to_dict(spec), (), "/tmp/s", tracking_uri=uri)
     assert "hunter2" not in records.to_json() and "hunter2" not in str(spec_to_dict(spec))
+
+
+def test_a_sweeps_summary_counts_its_trials_by_status_and_the_epochs_a_scheduler_saved():
+    def sweep(*trials: tuple[str, int, dict]) -> SweepRecords:
+        return SweepRecords("s", {"base": {"train": {"epochs": 8}}}, tuple(TrialRecord(f"t{i}", s, p, {}, epochs=e) for i, (s, e, p) in enumerate(trials)), "/x")
+
+    assert sweep(("completed", 8, {}), ("completed", 8, {})).summary() == "2 trials (2 completed)"
+    assert sweep(("completed", 8, {})).summary() == "1 trial (1 completed)"
+    asha = sweep(("stopped", 1, {}), ("completed", 8, {}), ("stopped", 3, {}), ("error", 0, {}))
+    assert asha.summary() == "4 trials (1 completed, 2 stopped, 1 error; 12 of their 32 epochs trained, 38%)"
+    # trials whose epochs are searched: each against its own
+    searched = sweep(("completed", 4, {"train.epochs": 4}), ("interrupted", 2, {"train.epochs": 16}))
+    assert searched.summary() == "2 trials (1 completed, 1 interrupted; 6 of their 20 epochs trained, 30%)"
+    assert SweepRecords("s", {}, (), "/x").summary() == "0 trials"

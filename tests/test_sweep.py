@@ -176,6 +176,7 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
     # The choice is the best objective, printed, and marked in MLflow.
     choice = max(records.trials, key=lambda t: t.metrics[OBJECTIVE])
     assert f"choice: {choice.trial_id} by objective" in out
+    assert f"\nSweep 'two_trials': 2 trials (2 completed) in " in out and out.rstrip().splitlines()[-2].endswith(f"; results in {sweep_dir}")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("two_trials")
     runs = client.search_runs([exp.experiment_id])
