@@ -424,6 +424,7 @@ batch size and views; regret is the accuracy lost by the criterion's pick, in po
 {_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"], crit_rows, crit_classes)}
 {images}
 <h2>Trials</h2>
+<p class="note">{esc(records.summary())}.</p>
 {_html_table(["trial", "status", *(short_name(k) for k in searched), sel.default, "reference acc", "linear acc", "epochs"], trial_rows, trial_classes, left=2)}
 </body>
 </html>

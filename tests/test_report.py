@@ -118,3 +118,4 @@ def test_an_interrupted_sweep_says_so_with_how_to_resume_and_an_undefined_rho_in
     assert warning in format_selection(a)
     page = write_report(a, tmp_path)["html"].read_text()
     assert warning in page and "Spearman ρ undefined (2 trials)" in page
+    assert "<h2>Trials</h2>\n<p class=\"note\">2 trials (2 completed).</p>" in page
