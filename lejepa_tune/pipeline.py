@@ -51,16 +51,21 @@ def publish(analysis: SweepAnalysis | None, records: SweepRecords, report_dir: P
         client.log_artifacts(parent, str(report_dir), "selection")
 
 
+_SAMPLERS = {"tpe": "TPE", "random": "random sampler"}
+
+
 def describe(analysis: SweepAnalysis) -> str:
     """The sweep run's description (markdown): the space, the objective, the pick and how well
     the pick agrees with the labelled reference."""
     records, sel = analysis.records, analysis.selection
+    tune = records.spec.get("tune", {})
     a = sel.agreements[sel.default]
     chosen = next((t for t in records.trials if t.trial_id == sel.choice), None)
     space = ", ".join(f"`{k}` {d.get('type')} {d.get('values', [d.get('low'), d.get('high')])}" for k, d in records.spec.get("search", {}).items())
     lines = [
-        f"**Sweep** `{records.name}`: {len(records.trials)} trials over {space or 'nothing (one point)'}.",
-        f"**Objective** `{sel.default}` ({sel.reason}); searched by Optuna's TPE on `{records.spec.get('tune', {}).get('metric', OBJECTIVE)}`.",
+        f"**Sweep** `{records.name}`: {records.summary()} over {space or 'nothing (one point)'}.",
+        f"**Objective** `{sel.default}` ({sel.reason}); searched by Optuna's {_SAMPLERS.get(tune.get('searcher', 'tpe'), tune.get('searcher'))} "
+        f"on `{tune.get('metric', OBJECTIVE)}`" + (f", trials stopped early by {tune['scheduler'].upper()}." if tune.get("scheduler", "none") != "none" else "."),
         f"**Chosen without labels:** trial `{sel.choice}`" + (f" ({trial_label(chosen.params)})." if chosen is not None else "."),
         f"**Judged with labels** against `{sel.reference}`: Spearman {correlation(a.spearman)} (95% CI {correlation(a.spearman_ci[0])} to {correlation(a.spearman_ci[1])}; "
         f"noise ceiling {correlation(sel.noise_ceiling)}), regret {regret_points(a.regret)} points, best trial by labels `{sel.best_by_reference}`.",

@@ -49,7 +49,10 @@ def test_the_description_names_the_pick_and_how_it_agrees_with_the_labels(publis
     agreement = analysis.selection.agreements[analysis.selection.default]
     assert f"**Chosen without labels:** trial `{analysis.choice}` ({trial_label(chosen.params)})." in text
     assert f"regret {100 * agreement.regret:.1f} points" in text
-    assert f"{len(records.trials)} trials over `loss.lam` loguniform [0.005, 0.5], `optim.lr` loguniform" in text
+    assert f"{len(records.trials)} trials (8 completed, 1 stopped, 1 error) over `loss.lam` loguniform [0.005, 0.5], `optim.lr` loguniform" in text
+    assert "searched by Optuna's TPE on `labelfree/objective`." in text  # the spec names no searcher or scheduler: the defaults
+    spec = {**records.spec, "tune": {"searcher": "random", "scheduler": "asha", "metric": "labelfree/objective"}}
+    assert "searched by Optuna's random sampler on `labelfree/objective`, trials stopped early by ASHA." in describe(replace(analysis, records=replace(records, spec=spec)))
 
 
 def test_records_come_back_through_mlflow_alone_or_from_the_sweep_directory(published, tmp_path):
