@@ -95,7 +95,7 @@ class SweepRecords:
     interrupted: bool = False
 
     def summary(self) -> str:
-        """``"16 trials (5 completed, 11 stopped; 80 of their 256 epochs trained, 31%)"``: the
+        """``"16 trials (2 completed, 14 stopped; 80 of their 256 epochs trained, 31%)"``: the
         trials by status, in the order of ``STATUSES``, and, where some trials did not train all
         their epochs (stopped, interrupted, failed), how many of those epochs were trained."""
         counts = [f"{sum(t.status == s for t in self.trials)} {s}" for s in STATUSES if any(t.status == s for t in self.trials)]
