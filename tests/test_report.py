@@ -101,7 +101,7 @@ def test_html_is_self_contained_and_its_images_decode(tmp_path):
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.size[0] > 300 and img.size[1] > 200 and len(np.unique(np.asarray(img.convert("L")))) > 10  # not blank
     assert f"trial {a.choice}" in page and "accuracy against λ" in page
-    header = re.search(r"<h2>Trials</h2>\s*<table><thead><tr>(.*?)</tr>", page).group(1)
+    header = re.search(r"<h2>Trials</h2>\s*<p class=\"note\">[^<]*</p>\s*<table><thead><tr>(.*?)</tr>", page).group(1)
     columns = re.findall(r"<th[^>]*>(.*?)</th>", header)
     assert len(columns) == len(set(columns))  # no duplicated columns
 
