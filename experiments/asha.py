@@ -61,8 +61,7 @@ def main() -> None:
             name = f"full_{scheduler}_seed{seed}"
             records = run(root, name, [*(SMOKE if args.smoke_test else []), *args.set, f"tune.scheduler={scheduler}", f"tune.seed={seed}", f"train.seed={seed}"])
             analysis = analyse(records)
-            epochs = sum(t.epochs for t in records.trials)
-            full = sum(int(t.params.get("train.epochs", records.spec["base"]["train"]["epochs"])) for t in records.trials)
+            epochs, full = records.epochs()
             a = analysis.selection.agreements["objective"]
             reference = {t.trial_id: t.metrics.get(REFERENCE_ACC) for t in records.trials}
             pick, best = reference.get(analysis.selection.choice), reference.get(analysis.selection.best_by_reference)

@@ -99,12 +99,18 @@ class SweepRecords:
         trials by status, in the order of ``STATUSES``, and, where some trials did not train all
         their epochs (stopped, interrupted, failed), how many of those epochs were trained."""
         counts = [f"{sum(t.status == s for t in self.trials)} {s}" for s in STATUSES if any(t.status == s for t in self.trials)]
+        trained, planned = self.epochs()
+        if planned is not None and trained < planned:
+            counts[-1] += f"; {trained} of their {planned} epochs trained, {trained / planned:.0%}"
+        return f"{len(self.trials)} trial{'' if len(self.trials) == 1 else 's'}" + (f" ({', '.join(counts)})" if counts else "")
+
+    def epochs(self) -> tuple[int, int | None]:
+        """``(trained, planned)``: the epochs the trials trained, and those they would have
+        trained had none been stopped (each trial's searched ``train.epochs``, or the base's);
+        ``planned`` is ``None`` where the spec does not say."""
         default = (self.spec.get("base") or {}).get("train", {}).get("epochs")
         planned = [t.params.get("train.epochs", default) for t in self.trials]
-        trained = sum(t.epochs for t in self.trials)
-        if all(isinstance(e, int) for e in planned) and trained < sum(planned):
-            counts[-1] += f"; {trained} of their {sum(planned)} epochs trained, {trained / sum(planned):.0%}"
-        return f"{len(self.trials)} trial{'' if len(self.trials) == 1 else 's'}" + (f" ({', '.join(counts)})" if counts else "")
+        return sum(t.epochs for t in self.trials), (sum(planned) if all(isinstance(e, int) for e in planned) else None)
 
     def to_json(self) -> str:
         """The records as JSON; a password in the tracking URI is masked (files are shared)."""

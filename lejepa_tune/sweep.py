@@ -379,7 +379,7 @@ def run_sweep(
         if not interrupted:  # an interrupted sweep's running Optuna trials are its stopped trials, which a resume continues
             _close_orphans(sweep_dir, spec.name)
         run_ids = tracker.trial_runs()
-        killed = tracker.killed_trials() if interrupted else set()
+        killed = set(tracker.trial_runs("KILLED")) if interrupted else set()
         trials = tuple(_record(r, spec, sweep_dir, run_ids, killed) for r in grid)
         status = "KILLED" if interrupted else "FINISHED"
     finally:

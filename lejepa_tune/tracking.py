@@ -222,22 +222,15 @@ class SweepTracker:
         runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_DIR_TAG}` = '{sweep_dir}'", max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def trial_runs(self) -> dict[str, str]:
-        """``{trial_id: run_id}`` of the child runs this sweep's parent already has."""
-        runs = self.client.search_runs(
-            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'", max_results=10_000
-        )
+    def trial_runs(self, status: str | None = None) -> dict[str, str]:
+        """``{trial_id: run_id}`` of the child runs this sweep's parent already has; with
+        ``status``, only those in that state (``KILLED``: the trials the sweep's interruption
+        stopped, see ``MLflowTrialCallback.on_experiment_end``)."""
+        query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'"
+        if status is not None:
+            query += f" and attributes.status = '{status}'"
+        runs = self.client.search_runs([self.experiment_id], query, max_results=10_000)
         return {r.data.tags[TRIAL_ID_TAG]: r.info.run_id for r in runs if TRIAL_ID_TAG in r.data.tags}
-
-    def killed_trials(self) -> set[str]:
-        """The trial ids of this sweep's child runs marked ``KILLED`` (those the sweep's
-        interruption stopped, see ``MLflowTrialCallback.on_experiment_end``)."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'KILLED'",
-            max_results=10_000,
-        )
-        return {r.data.tags[TRIAL_ID_TAG] for r in runs if TRIAL_ID_TAG in r.data.tags}
 
     def log_sweep_params(self, params: Mapping[str, Any]) -> None:
         self._log_params(self.parent_run_id, params)

@@ -104,7 +104,7 @@ def test_the_trials_an_interruption_stopped_are_told_from_those_that_ended(tmp_p
     callback.on_trial_complete(5, [], trials["stopped"])
     callback.on_trial_error(6, [], trials["failed"])
     callback.on_experiment_end(list(trials.values()))
-    assert tracker.killed_trials() == {"running"}
+    assert set(tracker.trial_runs("KILLED")) == {"running"}
     assert MlflowClient(uri).get_run(tracker.trial_runs()["running"]).info.status == "KILLED"
 
 
