@@ -1,17 +1,22 @@
 """Fixtures shared by the test modules: one local Ray instance for the whole session (every
 real-Ray test joins it instead of starting its own), two gloo ranks for the whole session (every
-test of collectives runs its function on them instead of spawning its own), a scratch working
-directory, and ``tests/`` on the import path."""
+test of collectives runs its function on them instead of spawning its own), a headless Chromium
+per module that looks at pages, a scratch working directory, and ``tests/`` on the import path."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,3 +59,16 @@ def gloo_ranks():
     ranks = Ranks(world=2)
     yield ranks
     ranks.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (the system's, driven by Playwright) for the tests of what a person
+    sees; skips, with the reason, where either is not installed."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (the dev extra)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,6 +102,18 @@ def mlflow_server_env() -> dict[str, str]:
     job runner, eight more processes (about 16 core-seconds to start here) that run MLflow's
     GenAI jobs, which the UI of training runs never asks for."""
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def wait_for(url: str, seconds: float = 120) -> None:
+    """Until ``url`` answers (a server a test started is up), or TimeoutError."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
 
 
 def stop_tree(pid: int) -> None:
