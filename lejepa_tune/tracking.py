@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from ray.tune import Callback
@@ -100,15 +101,17 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     a scheme it has no store for, a database it cannot open, a server or database host at which
     nothing answers (MLflow itself retries for minutes before it says so), a server that accepts
     a connection but sends no answer (hung), or a server that answers one request with an error
-    (not an MLflow server, say)."""
+    (not an MLflow server, say). A server is given ``timeout`` seconds to answer, or as long as
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` says where it is set (MLflow's own wait for an answer)."""
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.split("+", 1)[0]
     # A server reached through an HTTP proxy (HTTP_PROXY, HTTPS_PROXY) is MLflow's to reach.
     proxied = scheme in ("http", "https") and scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
     if scheme in _DEFAULT_PORTS and parts.hostname and not proxied:
+        answer_timeout = _answer_timeout(timeout) if scheme in ("http", "https") else None
         problem = unreachable(parts, _DEFAULT_PORTS[scheme], timeout=timeout)
-        if problem is None and scheme in ("http", "https"):
-            problem = _silent(parts, timeout)
+        if problem is None and answer_timeout is not None:
+            problem = _silent(parts, answer_timeout)
         if problem is not None:
             raise ConfigError(f"{where}: {mask_uri(uri)}: {problem}")
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables...": not news
@@ -127,6 +130,20 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
         quiet.setLevel(level)
 
 
+def _answer_timeout(default: float) -> float:
+    """How long a tracking server is given to answer: ``MLFLOW_HTTP_REQUEST_TIMEOUT`` seconds
+    where it is set, else ``default``."""
+    if not MLFLOW_HTTP_REQUEST_TIMEOUT.defined:
+        return default
+    try:
+        seconds = MLFLOW_HTTP_REQUEST_TIMEOUT.get()
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"{MLFLOW_HTTP_REQUEST_TIMEOUT.name}: a whole number of seconds above 0, got {os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name]!r}")
+    return float(seconds)
+
+
 def _silent(parts: urllib.parse.SplitResult, timeout: float) -> str | None:
     """Why a tracking server that accepts connections is of no use, if it sends no answer to a
     request within ``timeout`` seconds (MLflow's client waits 120 s for an answer and retries
@@ -139,7 +156,7 @@ def _silent(parts: urllib.parse.SplitResult, timeout: float) -> str | None:
         urllib.request.urlopen(url, timeout=timeout).close()
     except Exception as err:  # an error status, TLS, a reset connection: an answer of sorts, for MLflow's client to judge
         if isinstance(err, TimeoutError) or (isinstance(err, urllib.error.URLError) and isinstance(err.reason, TimeoutError)):
-            return f"the server accepted a connection but sent no answer in {timeout:g} s"
+            return f"the server accepted a connection but sent no answer in {timeout:g} s (MLFLOW_HTTP_REQUEST_TIMEOUT=SECONDS waits longer)"
     return None
 
 

@@ -240,9 +240,20 @@ def test_a_tracking_server_that_is_not_mlflows_is_refused_in_one_line_before_ray
     assert not (tmp_path / "sweeps").exists()
 
 
-def test_a_tracking_server_that_accepts_but_never_answers_is_refused_in_seconds(tmp_path, capsys):
+HUNG = "--tracking-uri: {uri}: the server accepted a connection but sent no answer in {seconds} s (MLFLOW_HTTP_REQUEST_TIMEOUT=SECONDS waits longer)"
+
+
+@pytest.mark.parametrize("wait, error", [
+    (None, HUNG.replace("{seconds}", "5")),
+    ("1", HUNG.replace("{seconds}", "1")),
+    ("soon", "MLFLOW_HTTP_REQUEST_TIMEOUT: a whole number of seconds above 0, got 'soon'"),
+    ("0", "MLFLOW_HTTP_REQUEST_TIMEOUT: a whole number of seconds above 0, got '0'"),
+], ids=["default-5s", "env-1s", "env-not-a-number", "env-0"])
+def test_a_tracking_server_that_accepts_but_never_answers_is_refused_in_seconds(wait, error, tmp_path, capsys, monkeypatch):
     """A server that accepts connections and sends nothing (hung): one line after the probe's
-    5 s, exit code 2, no sweep directory; MLflow's own client would retry for many minutes."""
+    5 s, or the seconds MLFLOW_HTTP_REQUEST_TIMEOUT gives (a bad value of it: one line that
+    names it), exit code 2, no sweep directory; MLflow's own client would retry for many
+    minutes."""
     import socket
     import threading
     import time
@@ -260,12 +271,16 @@ def test_a_tracking_server_that_accepts_but_never_answers_is_refused_in_seconds(
     threading.Thread(target=accept_and_hold, daemon=True).start()
     (tmp_path / "space.yaml").write_text(SPACE)
     uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    if wait is None:
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", wait)
     start = time.monotonic()
     try:
         code = main(["run", str(tmp_path / "space.yaml"), "--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps")])
     finally:
         listener.close()
     err = capsys.readouterr().err
-    assert code == 2 and err == f"lejepa-tune: error: --tracking-uri: {uri}: the server accepted a connection but sent no answer in 5 s\n", err
-    assert held and time.monotonic() - start < 30
-    assert not (tmp_path / "sweeps").exists()
+    assert code == 2 and err == f"lejepa-tune: error: {error.replace('{uri}', uri)}\n", err
+    assert time.monotonic() - start < 30 and not (tmp_path / "sweeps").exists()
+    assert bool(held) == error.startswith("--tracking-uri")  # a bad MLFLOW_HTTP_REQUEST_TIMEOUT is refused before connecting
