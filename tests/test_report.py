@@ -17,8 +17,12 @@ from lejepa_tune.report import format_selection, format_table, format_trials_tab
 from tiny import synthetic_records
 
 
-def analysis():
-    return analyse(synthetic_records(), n_boot=100)
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """One analysis of synthetic records and its report, made once for the tests that only read
+    them (each analysis bootstraps, each report draws its plots: seconds)."""
+    a = analyse(synthetic_records(), n_boot=100)
+    return a, write_report(a, tmp_path_factory.mktemp("report"))
 
 
 def test_format_table_aligns_and_marks_missing_values():
@@ -26,16 +30,16 @@ def test_format_table_aligns_and_marks_missing_values():
     assert text.splitlines() == ["a      bb", "-----  --", "1.235  - ", "x      - "]
 
 
-def test_trials_table_sorts_by_the_objective_and_stars_the_choice():
-    a = analysis()
+def test_trials_table_sorts_by_the_objective_and_stars_the_choice(written):
+    a, _ = written
     lines = format_trials_table(a).splitlines()
     assert lines[2].startswith(f"* {a.choice}")
     assert "stop" in lines[-2] and "fail" in lines[-1]  # unfinished trials last
     assert lines[0].split()[2:4] == ["lam", "lr"]
 
 
-def test_selection_summary_names_the_choice_the_reference_and_the_ceiling():
-    a = analysis()
+def test_selection_summary_names_the_choice_the_reference_and_the_ceiling(written):
+    a, _ = written
     text = format_selection(a)
     assert f"choice: {a.choice} by objective" in text
     assert "noise ceiling" in text and "eval/linear_acc_cv" in text
@@ -43,8 +47,8 @@ def test_selection_summary_names_the_choice_the_reference_and_the_ceiling():
     assert " NO " in row  # the raw loss is not valid across λ
 
 
-def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv(tmp_path):
-    a = analysis()
+def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv(written):
+    a, files = written
     # A criterion that missed (in points, its regret reads differently from the fraction).
     name, agreement = next((c, g) for c, g in a.selection.agreements.items() if 0.001 < g.regret < 0.999)
     lines = format_selection(a).splitlines()
@@ -52,7 +56,6 @@ def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv
     row = next(line for line in lines if line[2:].startswith(f"{name} "))
     start = header.index("regret (points)")
     assert row[start:].split()[0] == f"{100 * agreement.regret:.1f}"
-    files = write_report(a, tmp_path)
     page = files["html"].read_text()
     headline = a.selection.agreements[a.selection.default].regret
     assert f"regret {100 * headline:.1f} points;" in page and "<th>regret (points)</th>" in page
@@ -61,8 +64,8 @@ def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv
     assert float(crit["regret"]) == pytest.approx(agreement.regret)
 
 
-def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whole_in_the_csv(tmp_path):
-    a = analysis()
+def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whole_in_the_csv(written):
+    a, files = written
     sel = a.selection
     agreement = sel.agreements[sel.default]
     rho, ceiling = f"{agreement.spearman:.2f}", f"{sel.noise_ceiling:.2f}"
@@ -72,17 +75,16 @@ def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whol
     for column, value in (("spearman", agreement.spearman), ("kendall", agreement.kendall), ("top3", agreement.top3_overlap)):
         assert row[header.index(column):].split()[0] == f"{value:.2f}", column
     assert any(line.endswith(f"against this reference): {ceiling}") for line in lines)
-    page = write_report(a, tmp_path)["html"].read_text()
+    page = files["html"].read_text()
     lo, hi = agreement.spearman_ci
     assert f"Spearman ρ = {rho} [{lo:.2f}, {hi:.2f}]" in page and f"(noise ceiling {ceiling})" in page
     assert f"<td>{rho}</td>" in page
-    crit = next(r for r in csv.DictReader(open(tmp_path / "criteria.csv")) if r["criterion"] == sel.default)
+    crit = next(r for r in csv.DictReader(open(files["criteria_csv"])) if r["criterion"] == sel.default)
     assert float(crit["spearman"]) == pytest.approx(agreement.spearman, abs=1e-12)
 
 
-def test_report_files(tmp_path):
-    a = analysis()
-    files = write_report(a, tmp_path)
+def test_report_files(written):
+    a, files = written
     rows = list(csv.DictReader(open(files["trials_csv"])))
     assert [r["trial_id"] for r in rows] == [t.trial_id for t in a.records.trials]
     assert rows[0]["loss.lam"] and rows[0]["criterion/objective"]
@@ -91,9 +93,9 @@ def test_report_files(tmp_path):
     assert [r["criterion"] for r in crit] == list(a.selection.criteria)
 
 
-def test_html_is_self_contained_and_its_images_decode(tmp_path):
-    a = analysis()
-    page = write_report(a, tmp_path)["html"].read_text()
+def test_html_is_self_contained_and_its_images_decode(written):
+    a, files = written
+    page = files["html"].read_text()
     assert "<script" not in page and 'src="http' not in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == len(plot_pngs(a)) >= 3
