@@ -71,6 +71,23 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float:
     return _rank_corr(stats.spearmanr, x, y)
 
 
+def _spearman_rows(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """:func:`spearman` of every pair of rows along ``axis`` at once (the batch of resamples
+    of :func:`bootstrap_ci`, the resampled references of :func:`noise_ceiling`): ranks
+    (ties at their mean) correlated as Pearson's r, ``nan`` where :func:`spearman` is."""
+    x, y = np.broadcast_arrays(np.moveaxis(x, axis, -1), np.moveaxis(y, axis, -1))
+    if x.shape[-1] < 3:
+        return np.full(x.shape[:-1], math.nan)
+    defined = np.isfinite(x).all(-1) & np.isfinite(y).all(-1)
+    defined &= (x.max(-1) > x.min(-1)) & (y.max(-1) > y.min(-1))
+    rx, ry = (stats.rankdata(np.where(defined[..., None], v, 0.0), axis=-1) for v in (x, y))
+    rx -= rx.mean(-1, keepdims=True)
+    ry -= ry.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (rx * ry).sum(-1) / np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
+    return np.where(defined, np.clip(r, -1.0, 1.0), math.nan)
+
+
 def kendall(x: ArrayLike, y: ArrayLike) -> float:
     """Kendall's τ-b of ``x`` and ``y``, which corrects for ties in either; ``nan`` as
     :func:`spearman`."""
@@ -91,7 +108,10 @@ def bootstrap_ci(
     that draws too few distinct trials has no rank correlation (``nan``); scipy's percentile
     interval would then be ``nan`` as a whole, so the quantiles are taken over the finite
     resamples of scipy's bootstrap distribution. ``(nan, nan)`` when ``n < 3`` or none is finite.
-    Deterministic for a given ``seed``.
+    Deterministic for a given ``seed``. For :func:`spearman` (the default) the resamples are
+    ranked all at once, 34–142 times faster than one at a time for 64 to 8 trials
+    (``experiments/analysis_speed.py``), with the same
+    resamples and the same values.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -102,8 +122,9 @@ def bootstrap_ci(
         return (math.nan, math.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns about the nan resamples handled below
+        fast = statistic is spearman
         res = stats.bootstrap(
-            (xa, ya), statistic, paired=True, vectorized=False, n_resamples=n_boot,
+            (xa, ya), _spearman_rows if fast else statistic, paired=True, vectorized=fast, n_resamples=n_boot,
             confidence_level=level, method="percentile", rng=np.random.default_rng(seed),
         )
     values = np.asarray(res.bootstrap_distribution, dtype=np.float64)
@@ -184,12 +205,14 @@ def noise_ceiling(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> flo
         return math.nan
     rng = np.random.default_rng(seed)
     rhos = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, c.shape[1], size=c.shape[1])
-        rho = spearman(acc, c[:, idx].mean(1))
-        if math.isfinite(rho):
-            rhos.append(rho)
-    return float(np.mean(rhos)) if rhos else math.nan
+    for start in range(0, n_boot, 100):  # 100 resamples at a time: (100, images) counts in memory
+        idx = rng.integers(0, c.shape[1], size=(min(100, n_boot - start), c.shape[1]))
+        counts = np.stack([np.bincount(row, minlength=c.shape[1]) for row in idx]).astype(np.float64)
+        resampled = counts @ c.T / c.shape[1]  # (resamples, trials): each trial's accuracy on each resample
+        rhos.append(_spearman_rows(acc[None, :], resampled))
+    rhos = np.concatenate(rhos)
+    rhos = rhos[np.isfinite(rhos)]
+    return float(np.mean(rhos)) if rhos.size else math.nan
 
 
 @dataclass(frozen=True)

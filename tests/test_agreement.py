@@ -137,6 +137,18 @@ def test_bootstrap_ci_skips_nan_resamples_and_handles_tiny_input():
     assert math.isnan(lo) and math.isnan(hi)
 
 
+@pytest.mark.parametrize("n", [3, 5, 12, 40])
+def test_bootstrap_ci_of_spearman_ranks_all_resamples_at_once_to_the_same_interval(n):
+    # The default statistic's resamples are ranked as one array; any other statistic's one at a
+    # time. The two give the same interval, ties and undefined resamples included.
+    rng = np.random.default_rng(n)
+    x = np.round(rng.normal(size=n))  # many ties
+    y = np.round(x + rng.normal(size=n), 1)
+    one_at_a_time = bootstrap_ci(x, y, lambda a, b: spearman(a, b), n_boot=300, seed=n)
+    assert bootstrap_ci(x, y, spearman, n_boot=300, seed=n) == pytest.approx(one_at_a_time, abs=1e-12)
+    assert math.isfinite(one_at_a_time[0])
+
+
 # --------------------------------------------------------------------------- regret, top-k
 
 
@@ -298,6 +310,16 @@ def test_noise_ceiling_resamples_images_jointly():
     for i in range(5):
         nested[i, wrong[: 4 * (4 - i)]] = False  # trial i misses 4 * (4 - i) more images
     assert noise_ceiling(nested, n_boot=200) > 0.9
+
+
+def test_noise_ceiling_is_the_mean_rho_over_resamples_drawn_one_at_a_time():
+    # The definition, written as a loop over resamples; the function draws them in blocks.
+    rng = np.random.default_rng(2)
+    correct = rng.random((6, 150)) < np.array([[0.5], [0.55], [0.55], [0.6], [0.7], [0.71]])
+    correct[2] = correct[1]  # two trials tied on every resample
+    draws = np.random.default_rng(7)
+    rhos = [spearman(correct.mean(1), correct[:, draws.integers(0, 150, size=150)].mean(1)) for _ in range(250)]
+    assert noise_ceiling(correct, n_boot=250, seed=7) == pytest.approx(np.nanmean(rhos), abs=1e-12)
 
 
 def test_noise_ceiling_undefined_cases():
