@@ -115,7 +115,7 @@ def bootstrap_ci(
     interval would then be ``nan`` as a whole, so the quantiles are taken over the finite
     resamples of scipy's bootstrap distribution. ``(nan, nan)`` when ``n < 3`` or none is finite.
     Deterministic for a given ``seed``. For :func:`spearman` (the default) the resamples are
-    ranked all at once, 34–142 times faster than one at a time for 64 to 8 trials
+    ranked all at once, 34–145 times faster than one at a time for 64 to 8 trials
     (``experiments/analysis_speed.py``), with the same resamples and the same values.
     """
     if not 0.0 < level < 1.0:
