@@ -244,11 +244,12 @@ HUNG = "--tracking-uri: {uri}: the server accepted a connection but sent no answ
 
 
 @pytest.mark.parametrize("wait, error", [
-    (None, HUNG.replace("{seconds}", "5")),
-    ("1", HUNG.replace("{seconds}", "1")),
-    ("soon", "MLFLOW_HTTP_REQUEST_TIMEOUT: a whole number of seconds above 0, got 'soon'"),
-    ("0", "MLFLOW_HTTP_REQUEST_TIMEOUT: a whole number of seconds above 0, got '0'"),
-], ids=["default-5s", "env-1s", "env-not-a-number", "env-0"])
+    # Waits out the whole default: five seconds of the quick loop's minute, so with the slow tests.
+    pytest.param(None, HUNG.replace("{seconds}", "5"), id="default-5s", marks=pytest.mark.slow),
+    pytest.param("1", HUNG.replace("{seconds}", "1"), id="env-1s"),
+    pytest.param("soon", "MLFLOW_HTTP_REQUEST_TIMEOUT: a whole number of seconds above 0, got 'soon'", id="env-not-a-number"),
+    pytest.param("0", "MLFLOW_HTTP_REQUEST_TIMEOUT: a whole number of seconds above 0, got '0'", id="env-0"),
+])
 def test_a_tracking_server_that_accepts_but_never_answers_is_refused_in_seconds(wait, error, tmp_path, capsys, monkeypatch):
     """A server that accepts connections and sends nothing (hung): one line after the probe's
     5 s, or the seconds MLFLOW_HTTP_REQUEST_TIMEOUT gives (a bad value of it: one line that

@@ -275,6 +275,7 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     assert local_ray.available_resources().get("CPU", 0) == 2
 
 
+@pytest.mark.slow  # the only test outside the sweeps that needs the local Ray: its start is 5-10 s of the quick loop
 def test_the_placement_group_of_a_dead_train_controller_is_found_and_freed(local_ray):
     """A controller killed with its run's placement group held (as when Tune stops a trial
     whose run is ending by itself, which a test of a real sweep meets too rarely to rely on):
