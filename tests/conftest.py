@@ -1,7 +1,8 @@
 """Fixtures shared by the test modules: one local Ray instance for the whole session (every
 real-Ray test joins it instead of starting its own), two gloo ranks for the whole session (every
 test of collectives runs its function on them instead of spawning its own), a headless Chromium
-per module that looks at pages, a scratch working directory, and ``tests/`` on the import path."""
+per module that looks at pages, a scratch working directory, a new SQLite tracking database per
+test that asks for one, and ``tests/`` on the import path."""
 
 from __future__ import annotations
 
@@ -34,6 +35,27 @@ def scratch_directory(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(before)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """A SQLite tracking database whose tables MLflow created (through ``open_client``, as a sweep
+    creates them), once per session."""
+    from lejepa_tune.tracking import open_client
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    open_client(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_template, tmp_path):
+    """The URI of a new, empty SQLite tracking database in the test's directory: a copy of the
+    session's template, the same file MLflow would create there. MLflow's migrations take 1-2 s
+    per new database; the tests of how a new database is created make theirs themselves."""
+    from tiny import new_tracking_db
+
+    return new_tracking_db(mlflow_template, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,8 @@ def test_the_report_page_shows_every_image_and_fits_the_page(browser, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser, tmp_path, mlflow_uri):
+    uri = mlflow_uri
     tracker, records = tracked_records(uri, 6, "ui_sweep", str(tmp_path / "sweep"))
     analysis = analyse(records, n_boot=100)
     publish(analysis, records, write_report(analysis, tmp_path / "report")["html"].parent)

@@ -47,9 +47,9 @@ def train_workers_of(pid: int) -> list[psutil.Process]:
     return found
 
 
-def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path):
+def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path, mlflow_uri):
     spec = sweep_spec_from_dict({"name": "killed_worker", "base": BASE, "search": {}, "tune": {"num_samples": 1, "max_failures": 2}})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     client, killed = MlflowClient(uri), []
 
     def kill_after_epoch_2() -> None:  # SIGKILL to the worker, right after epoch 2 was reported
@@ -79,10 +79,10 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path):
         assert trial.metrics[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
 
 
-def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
+def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path, mlflow_uri):
     space = write_space(tmp_path, "killed_driver", LAM_SEARCH, {"num_samples": 3, "seed": 0, "max_concurrent_trials": 2},
                         base={"data": {"max_train_samples": 256, "max_val_samples": 60}, "train": {"epochs": 2, "batch_size": 32}})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     common = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps"), "--no-dashboard"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,
@@ -132,13 +132,13 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path):
     assert {EPOCH, OBJECTIVE} <= set(kids[0].data.metrics)
 
 
-def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local_ray, tmp_path):
+def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local_ray, tmp_path, mlflow_uri):
     """SIGINT (Ctrl+C) to `lejepa-tune run` mid-trial: Tune saves its state and stops the trial;
     the command says it was interrupted and how to continue, exits 130, and marks the sweep's
     and the trial's MLflow runs KILLED, not FINISHED or left RUNNING. `--resume` then finishes
     the trial from its checkpoint: every epoch logged once, the Optuna trial completed."""
     space = write_space(tmp_path, "ctrl_c", LAM_SEARCH, {"num_samples": 1, "seed": 0}, base=BASE)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     common = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps"), "--address", local_ray.get_runtime_context().gcs_address]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 from mlflow import MlflowClient
-from tiny import tracked_records
+from tiny import new_tracking_db, tracked_records
 
 from lejepa_tune.config import ConfigError
 from lejepa_tune.pipeline import CHOICE_TAG, CHOSEN_TAG, CRITERION_TAG, NOTE_TAG, analyse_and_report, describe, load_records, publish
@@ -17,10 +17,10 @@ from lejepa_tune.records import RECORDS_FILE, trial_label, write_records
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, mlflow_template):
     """A tracked synthetic sweep, analysed, reported and published."""
     root = tmp_path_factory.mktemp("pipeline")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_tracking_db(mlflow_template, root)
     _, records = tracked_records(uri, 8, "pipe", str(root / "sweep"))
     analysis, files = analyse_and_report(records, root / "report")
     publish(analysis, records, files["html"].parent)
@@ -71,8 +71,8 @@ def test_records_that_are_nowhere_are_one_line_errors(published, tmp_path):
         load_records(str(tmp_path))
 
 
-def test_a_sweep_with_no_completed_trial_is_published_without_an_analysis(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_sweep_with_no_completed_trial_is_published_without_an_analysis(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     _, records = tracked_records(uri, 2, "failed", str(tmp_path / "sweep"))
     records = replace(records, trials=tuple(t for t in records.trials if t.status != "completed"))
     assert analyse_and_report(records) == (None, {})

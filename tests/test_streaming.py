@@ -72,13 +72,13 @@ def test_two_ranks_take_equal_disjoint_shares_in_a_new_order_every_epoch(local_r
     assert taken[0][0] + taken[1][0] != taken[0][1] + taken[1][1]
 
 
-def test_a_two_worker_trial_trains_from_the_stream(local_ray, folder, tmp_path):
+def test_a_two_worker_trial_trains_from_the_stream(local_ray, folder, tmp_path, mlflow_uri):
     base = {**TINY_BASE, "data": {"dataset": f"folder:{folder}", "image_size": 32, "in_memory": False}, "labelfree": {"num_images": 32},
             "eval": {"enabled": False}}
     address = ray.get_runtime_context().gcs_address
     before = len(list_actors(address=address, filters=[("class_name", "=", "SplitCoordinator")]))
     spec = sweep_spec_from_dict({"name": "streamed", "base": base, "search": {}, "tune": {"num_samples": 1}, "resources": {"num_workers": 2}})
-    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", verbose=0)
+    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=mlflow_uri, verbose=0)
     (trial,) = records.trials
     assert trial.status == "completed" and math.isfinite(trial.metrics[OBJECTIVE])
     # Ray Train split a stream for the trial's two workers.

@@ -209,14 +209,14 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_diverging_trial_fails_alone(local_ray, tmp_path):
+def test_a_diverging_trial_fails_alone(local_ray, tmp_path, mlflow_uri):
     spec = sweep_spec_from_dict({
         "name": "diverging",
         "base": {**TINY_BASE, "optim": {"warmup_epochs": 0}},
         "search": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e30}},
         "tune": {"num_samples": 2, "points_to_evaluate": [{"optim.lr": 1e30}, {"optim.lr": 1e-3}], "max_concurrent_trials": 2},
     })
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=uri, include_dashboard=False, verbose=0)
     by_lr = {t.params["optim.lr"]: t for t in records.trials}
     assert by_lr[1e30].status == "error" and "diverged" in by_lr[1e30].error
@@ -243,7 +243,7 @@ def another_ray():
 
 
 @pytest.mark.slow
-def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_ray, tmp_path):
+def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_ray, tmp_path, mlflow_uri):
     """ASHA on the objective: the second trial, below the first at the first rung, is stopped
     there; its run holds what it did; and the CPUs its Train workers held come back. Ray Train
     frees them through the dashboard's state API, which its cleaner finds by auto-detection,
@@ -257,7 +257,7 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
         "tune": {"num_samples": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1,
                  "points_to_evaluate": [{"optim.lr": 1e-8}, {"optim.lr": 2e-3}]},
     })
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     cleaners_before = placement_group_cleaners()
     records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=uri, verbose=0)
     assert placement_group_cleaners() == cleaners_before + 2  # one per trial, which ASHA may stop

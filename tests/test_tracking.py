@@ -39,8 +39,8 @@ def test_only_namespaced_numbers_are_metrics():
     assert numeric_metrics(result) == {"train/loss": 0.5, OBJECTIVE: 3.0}
 
 
-def test_a_tracker_finds_its_parent_run_again_and_does_not_duplicate_it(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_tracker_finds_its_parent_run_again_and_does_not_duplicate_it(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     first = SweepTracker(uri, "exp", "sweep_a", str(tmp_path / "sweep_a"))
     first.log_sweep_params({"tune": {"num_samples": 4, "lr": 0.0012345678}})
     assert SweepTracker.find_parent(uri, "exp", str(tmp_path / "sweep_a")) == first.parent_run_id
@@ -63,12 +63,12 @@ def _checkpointed(root, trial_id):
     return checkpointed_metrics(str(root / trial_id))
 
 
-def test_an_epoch_saved_but_not_logged_when_the_driver_died_is_logged_when_its_trial_resumes(tmp_path):
+def test_an_epoch_saved_but_not_logged_when_the_driver_died_is_logged_when_its_trial_resumes(tmp_path, mlflow_uri):
     """The driver logged epoch 1 of a trial, which then saved epoch 2 and reported it, and the
     driver died before the report reached it. The resumed sweep's callback (restored the way
     Tune restores it, pickled) logs epoch 2 from the checkpoint when the trial starts again,
     which goes on from that checkpoint and reports the epochs after it: every epoch once."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     trial = Trial("trial_driver", config={"loss.lam": 0.1}, trial_id="t1", stub=True)
 
     first = MLflowTrialCallback(SweepTracker(uri, "exp", "s", str(tmp_path)), _resolve, functools.partial(_checkpointed, tmp_path / "train"))
@@ -88,12 +88,12 @@ def test_an_epoch_saved_but_not_logged_when_the_driver_died_is_logged_when_its_t
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
 
 
-def test_the_trials_an_interruption_stopped_are_told_from_those_that_ended(tmp_path):
+def test_the_trials_an_interruption_stopped_are_told_from_those_that_ended(tmp_path, mlflow_uri):
     """Tune stops a running trial without a word to its callbacks when the sweep is interrupted:
     its run is marked KILLED, and the tracker finds it as one the interruption stopped; a trial
     that completed, one a scheduler stopped (Tune calls ``on_trial_complete`` for it) and one
     that failed are not."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     tracker = SweepTracker(uri, "exp", "s", str(tmp_path))
     callback = MLflowTrialCallback(tracker, _resolve)
     trials = {name: Trial("trial_driver", config={"loss.lam": 0.1}, trial_id=name, stub=True) for name in ("done", "stopped", "failed", "running")}
