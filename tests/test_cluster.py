@@ -24,7 +24,7 @@ from lejepa_tune.metrics import LOSS, OBJECTIVE
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import load_sweep_spec, trial_config
 from ranks import free_port
-from tiny import train_like_a_worker, wait_for, write_space
+from tiny import new_tracking_db, train_like_a_worker, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +74,15 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def sweep(cluster, tmp_path_factory):
+def sweep(cluster, tmp_path_factory, mlflow_template):
     """`lejepa-tune run --address` on the cluster: one trial of two workers, one CPU each, so
     that its two ranks land on the two nodes."""
     directory = tmp_path_factory.mktemp("two_nodes")
+    uri = new_tracking_db(mlflow_template, directory)
     space = write_space(directory, "two_nodes", {}, {"num_samples": 1}, {"num_workers": 2, "cpus_per_worker": 1})
     storage = f"file://{directory / 'store'}"
     run = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", space.name, "--address", cluster.address, "--storage-path", storage,
-                          "--tracking-uri", f"sqlite:///{directory / 'mlflow.db'}"],
+                          "--tracking-uri", uri],
                          cwd=directory, env={**cluster.env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=900)
     return Sweep(directory, storage, space, run)
 

@@ -30,9 +30,10 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "experiments").glob("*.py")))
-def test_experiment_smoke_test(script, tmp_path, local_ray):
+def test_experiment_smoke_test(script, tmp_path, local_ray, mlflow_uri):
     path = ROOT / "experiments" / script
-    # A script that runs sweeps joins the session's Ray instead of starting its own.
+    # A script that runs sweeps joins the session's Ray instead of starting its own, and tracks
+    # them in its output directory's mlflow.db: here the session's new, empty copy (mlflow_uri).
     join = ["--address", local_ray.get_runtime_context().gcs_address] if "--address" in path.read_text() else []
     proc = subprocess.run(
         [sys.executable, str(path), "--smoke-test", "--output-dir", str(tmp_path), *join],
