@@ -2,7 +2,7 @@
 real-Ray test joins it instead of starting its own), two gloo ranks for the whole session (every
 test of collectives runs its function on them instead of spawning its own), a headless Chromium
 per module that looks at pages, a scratch working directory, a new SQLite tracking database per
-test that asks for one, and ``tests/`` on the import path."""
+test that asks for one, one synthetic report, and ``tests/`` on the import path."""
 
 from __future__ import annotations
 
@@ -56,6 +56,21 @@ def mlflow_uri(mlflow_template, tmp_path):
     from tiny import new_tracking_db
 
     return new_tracking_db(mlflow_template, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(tmp_path_factory):
+    """One analysis of hand-made records (``tiny.synthetic_records``) and the report written
+    from it, ``(analysis, files)``, made once for the tests that only read them: the report's
+    tests and the look of its page in a browser (each analysis bootstraps, each report draws its
+    plots: seconds)."""
+    from tiny import synthetic_records
+
+    from lejepa_tune.analysis import analyse
+    from lejepa_tune.report import write_report
+
+    analysis = analyse(synthetic_records(), n_boot=100)
+    return analysis, write_report(analysis, tmp_path_factory.mktemp("report"))
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,11 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
 from ranks import free_port
-from tiny import mlflow_server_env, stop_tree, synthetic_records, tracked_records, wait_for
+from tiny import mlflow_server_env, stop_tree, tracked_records, wait_for
 
 
-def test_the_report_page_shows_every_image_and_fits_the_page(browser, tmp_path):
-    page_path = write_report(analyse(synthetic_records(12), n_boot=100), tmp_path)["html"]
+def test_the_report_page_shows_every_image_and_fits_the_page(browser, synthetic_report, tmp_path):
+    page_path = synthetic_report[1]["html"]
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(page_path.as_uri())
     images = page.evaluate("Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight])")

@@ -17,12 +17,10 @@ from lejepa_tune.report import format_selection, format_table, format_trials_tab
 from tiny import synthetic_records
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    """One analysis of synthetic records and its report, made once for the tests that only read
-    them (each analysis bootstraps, each report draws its plots: seconds)."""
-    a = analyse(synthetic_records(), n_boot=100)
-    return a, write_report(a, tmp_path_factory.mktemp("report"))
+@pytest.fixture
+def written(synthetic_report):
+    """The session's analysis of synthetic records and its report (``conftest.py``)."""
+    return synthetic_report
 
 
 def test_format_table_aligns_and_marks_missing_values():
