@@ -14,13 +14,7 @@ from PIL import Image
 
 from lejepa_tune.analysis import analyse
 from lejepa_tune.report import format_selection, format_table, format_trials_table, write_report
-from tiny import synthetic_records
-
-
-@pytest.fixture
-def written(synthetic_report):
-    """The session's analysis of synthetic records and its report (``conftest.py``)."""
-    return synthetic_report
+from tiny import REPORT_FIGURES, synthetic_records
 
 
 def test_format_table_aligns_and_marks_missing_values():
@@ -28,16 +22,16 @@ def test_format_table_aligns_and_marks_missing_values():
     assert text.splitlines() == ["a      bb", "-----  --", "1.235  - ", "x      - "]
 
 
-def test_trials_table_sorts_by_the_objective_and_stars_the_choice(written):
-    a, _ = written
+def test_trials_table_sorts_by_the_objective_and_stars_the_choice(synthetic_report):
+    a, _ = synthetic_report
     lines = format_trials_table(a).splitlines()
     assert lines[2].startswith(f"* {a.choice}")
     assert "stop" in lines[-2] and "fail" in lines[-1]  # unfinished trials last
     assert lines[0].split()[2:4] == ["lam", "lr"]
 
 
-def test_selection_summary_names_the_choice_the_reference_and_the_ceiling(written):
-    a, _ = written
+def test_selection_summary_names_the_choice_the_reference_and_the_ceiling(synthetic_report):
+    a, _ = synthetic_report
     text = format_selection(a)
     assert f"choice: {a.choice} by objective" in text
     assert "noise ceiling" in text and "eval/linear_acc_cv" in text
@@ -45,8 +39,8 @@ def test_selection_summary_names_the_choice_the_reference_and_the_ceiling(writte
     assert " NO " in row  # the raw loss is not valid across λ
 
 
-def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv(written):
-    a, files = written
+def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv(synthetic_report):
+    a, files = synthetic_report
     # A criterion that missed (in points, its regret reads differently from the fraction).
     name, agreement = next((c, g) for c, g in a.selection.agreements.items() if 0.001 < g.regret < 0.999)
     lines = format_selection(a).splitlines()
@@ -62,8 +56,8 @@ def test_regret_is_shown_in_points_of_accuracy_and_kept_as_a_fraction_in_the_csv
     assert float(crit["regret"]) == pytest.approx(agreement.regret)
 
 
-def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whole_in_the_csv(written):
-    a, files = written
+def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whole_in_the_csv(synthetic_report):
+    a, files = synthetic_report
     sel = a.selection
     agreement = sel.agreements[sel.default]
     rho, ceiling = f"{agreement.spearman:.2f}", f"{sel.noise_ceiling:.2f}"
@@ -81,8 +75,8 @@ def test_correlations_are_shown_to_two_decimals_as_their_intervals_and_kept_whol
     assert float(crit["spearman"]) == pytest.approx(agreement.spearman, abs=1e-12)
 
 
-def test_report_files(written):
-    a, files = written
+def test_report_files(synthetic_report):
+    a, files = synthetic_report
     rows = list(csv.DictReader(open(files["trials_csv"])))
     assert [r["trial_id"] for r in rows] == [t.trial_id for t in a.records.trials]
     assert rows[0]["loss.lam"] and rows[0]["criterion/objective"]
@@ -91,13 +85,13 @@ def test_report_files(written):
     assert [r["criterion"] for r in crit] == list(a.selection.criteria)
 
 
-def test_html_is_self_contained_and_its_images_decode(written):
-    a, files = written
+def test_html_is_self_contained_and_its_images_decode(synthetic_report):
+    a, files = synthetic_report
     page = files["html"].read_text()
     assert "<script" not in page and 'src="http' not in page
     # Every figure, in the page's order (these records have something for each to show).
     figures = re.findall(r'<img id="([^"]+)"', page)
-    assert figures == ["criteria", "accuracy_vs_lambda", "search_over_time", "importance", "parallel"]
+    assert figures == REPORT_FIGURES
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == len(figures)
     for data in images:

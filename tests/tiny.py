@@ -1,7 +1,7 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
 few slices), as a base config and as ``--set`` overrides, hand-made sweep records and Ray
 Train checkpoint directories, one run trained the way a trial's worker trains it, a search-space file over the tiny base, a
-copy of a tracking database, the environment for an MLflow server, and a way to stop a server with everything it started.
+copy of a tracking database, the figures a full report shows, the environment for an MLflow server, and a way to stop a server with everything it started.
 (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that the
 spawned processes start fast.)"""
 
@@ -78,6 +78,10 @@ def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> Swe
     spec = {"name": name, "base": {"loss": {"lam": 0.05}}, "search": {"loss.lam": {"type": "loguniform", "low": 0.005, "high": 0.5},
             "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 5e-3}}, "selection": {"criterion": "auto"}}
     return SweepRecords(name, spec, tuple(trials), "/nonexistent/sweep")
+
+
+# The figures of a report whose records have something for each to show, in the page's order.
+REPORT_FIGURES = ["criteria", "accuracy_vs_lambda", "search_over_time", "importance", "parallel"]
 
 
 def new_tracking_db(template: Path, directory: Path) -> str:
