@@ -9,9 +9,10 @@ each criterion judged against the cross-validated linear probe ``eval/linear_acc
 
 Every sweep type runs with two seeds (the search's and the training's), 12 trials each. The
 seeds (1 and 2) are not those of ``criterion_pool.py`` (1000), on which the objective was
-chosen: these sweeps judge it on runs it never saw.
+chosen: these sweeps judge it on runs it never saw. ``--seeds`` runs others.
 
     python experiments/label_free_selection.py --output-dir DIR                  # the README's table (~1 h)
+    python experiments/label_free_selection.py --output-dir DIR --seeds 3        # one more seed (~40 min)
     python experiments/label_free_selection.py --output-dir DIR --analyse-only   # re-score DIR's sweeps
     python experiments/label_free_selection.py --smoke-test                      # tiny, for CI
 
@@ -129,23 +130,23 @@ def _f(x: float, digits: int = 2) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def markdown(results: dict) -> str:
-    """The README's table: one row per sweep type and criterion, the two seeds side by side."""
-    lines = ["| sweep | criterion | valid | ρ seed 1 (95% CI) | ρ seed 2 (95% CI) | τ | within-group ρ | regret (points) | top-3 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def markdown(results: dict, seeds: list[int]) -> str:
+    """The README's table: one row per sweep type and criterion, the seeds side by side."""
+    lines = [f"| sweep | criterion | valid | {' | '.join(f'ρ seed {s} (95% CI)' for s in seeds)} | τ | within-group ρ | regret (points) | top-3 |",
+             "|---" * (len(seeds) + 7) + "|"]
     for sweep in SWEEPS:
-        runs = [results[k] for k in sorted(results) if k.startswith(sweep)]
+        runs = [results[f"{sweep}_seed{s}"] for s in seeds if f"{sweep}_seed{s}" in results]
         if not runs:
             continue
         ceiling = " / ".join(_f(r["noise_ceiling"]) for r in runs)
         ranges = " / ".join(f"{lo:.3f}–{hi:.3f}" for lo, hi in (r["reference_range"] for r in runs))
-        lines.append(f"| **{sweep}** | noise ceiling {ceiling}; reference {ranges} | | | | | | | |")
+        lines.append(f"| **{sweep}** | noise ceiling {ceiling}; reference {ranges} |" + " |" * (len(seeds) + 5))
         for c in SHOWN:
             cells = [r["criteria"][c] for r in runs]
             rho = [f"{_f(v['spearman'])} ({_f(v['spearman_ci'][0])}, {_f(v['spearman_ci'][1])})" for v in cells]
             name = f"**{c}**" if c == "objective" else c
             lines.append(
-                f"| {sweep[0]} | {name} | {'yes' if cells[0]['valid'] else 'no'} | {' | '.join(rho + [''] * (2 - len(rho)))} | "
+                f"| {sweep[0]} | {name} | {'yes' if cells[0]['valid'] else 'no'} | {' | '.join(rho + [''] * (len(seeds) - len(rho)))} | "
                 f"{' / '.join(_f(v['kendall']) for v in cells)} | {' / '.join(_f(v['within']) for v in cells)} | "
                 f"{' / '.join(_f(100 * v['regret'], 1) for v in cells)} | {' / '.join(_f(v['top3_overlap']) for v in cells)} |"
             )
@@ -158,12 +159,14 @@ def main() -> None:
     parser.add_argument("--output-dir", default=None, help="sweeps, MLflow database and results.json (default: a temporary directory)")
     parser.add_argument("--analyse-only", action="store_true", help="re-score the sweeps already in --output-dir, without running them")
     parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: start one on this machine)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help=f"the seeds to run every sweep type with (default: {' '.join(map(str, SEEDS))}, the README's table)")
     args = parser.parse_args()
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="lejepa_selection_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     names = list(SMOKE_SEARCH) if args.smoke_test else list(SWEEPS)
-    seeds = SEEDS[:1] if args.smoke_test else SEEDS
+    seeds = args.seeds[:1] if args.smoke_test else args.seeds
 
     results = {}
     if not args.analyse_only:
@@ -196,7 +199,7 @@ def main() -> None:
     print(format_table(["sweep", "n", "reference", "ceiling", "objective ρ", "95% CI", "within ρ", "regret (pt)", "top3",
                         "scaled_loss ρ", "its regret (pt)", "label-free cost"], rows))
     print()
-    print(markdown(results))
+    print(markdown(results, seeds))
     print(f"\nresults: {root / 'results.json'}")
 
 
