@@ -12,7 +12,7 @@ seeds (1 and 2) are not those of ``criterion_pool.py`` (1000), on which the obje
 chosen: these sweeps judge it on runs it never saw. ``--seeds`` runs others.
 
     python experiments/label_free_selection.py --output-dir DIR                  # the README's table (~1 h)
-    python experiments/label_free_selection.py --output-dir DIR --seeds 3        # one more seed (~40 min)
+    python experiments/label_free_selection.py --output-dir DIR --seeds 3        # one more seed (~26 min)
     python experiments/label_free_selection.py --output-dir DIR --analyse-only   # re-score DIR's sweeps
     python experiments/label_free_selection.py --smoke-test                      # tiny, for CI
 
