@@ -83,12 +83,23 @@ def open_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` (resolved). On a SQLite file, the first client
     creates the database's tables; two sweeps started together in one directory would both try,
     and one would fail half-way through MLflow's migrations, so clients are opened one process
-    at a time, under a lock named after the database file."""
+    at a time, under a lock file beside the database (``.mlflow.db.lock`` for ``mlflow.db``):
+    it serialises processes on every machine that shares the directory, and stays with the
+    database, one per database, rather than one per database ever opened in the temporary
+    directory. Where that directory cannot be written to, the lock goes there instead."""
     if not tracking_uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri)
-    digest = hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
-    with FileLock(os.path.join(tempfile.gettempdir(), f"lejepa_tune_mlflow_{digest}.lock"), timeout=300):
+    with FileLock(_lock_path(Path(tracking_uri[len("sqlite:///") :])), timeout=300):
         return MlflowClient(tracking_uri)
+
+
+def _lock_path(database: Path) -> str:
+    """Where ``open_client`` locks ``database``: beside it where its directory can be written
+    to, otherwise in the temporary directory, under a name made of its path."""
+    if os.access(database.parent, os.W_OK | os.X_OK):
+        return str(database.parent / f".{database.name}.lock")
+    digest = hashlib.sha1(str(database).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"lejepa_tune_mlflow_{digest}.lock")
 
 
 # The port of a tracking URI whose server or database names none.

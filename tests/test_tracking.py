@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -118,3 +119,15 @@ def test_clients_opened_together_on_a_new_sqlite_file_all_succeed(tmp_path):
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * 3, "\n".join(e[-1000:] for e in errors)
     assert MlflowClient(uri).get_experiment_by_name("Default") is not None
+    # Under one lock file, beside the database: none per database left in the temporary directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mlflow.db.lock", "mlflow.db"]
+
+
+def test_the_lock_of_a_database_in_a_directory_that_cannot_be_written_goes_to_the_temp_directory(tmp_path, monkeypatch):
+    from lejepa_tune.tracking import _lock_path
+
+    assert _lock_path(tmp_path / "mlflow.db") == str(tmp_path / ".mlflow.db.lock")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only directory (root can write to any)
+    elsewhere = _lock_path(tmp_path / "mlflow.db")
+    assert os.path.dirname(elsewhere) == tempfile.gettempdir() and os.path.basename(elsewhere).startswith("lejepa_tune_mlflow_")
+    assert _lock_path(tmp_path / "other.db") != elsewhere
