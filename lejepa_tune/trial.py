@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -28,7 +29,7 @@ from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
 from .worker import train_worker
 
-__all__ = ["trial_output_dir", "checkpointed_metrics", "finished_run", "resolve_resources", "skip_preemption_watcher", "needs_placement_group_cleaner", "poll_workers_often", "trial_driver"]
+__all__ = ["trial_output_dir", "checkpointed_metrics", "finished_run", "resolve_resources", "skip_preemption_watcher", "needs_placement_group_cleaner", "poll_workers_often", "quiet_when_terminated", "trial_driver"]
 
 # Ray Train's settings read in the process that starts a run and passed on to the run's
 # controller: its preemption watcher, and how often the controller polls its workers.
@@ -110,10 +111,31 @@ def poll_workers_often() -> None:
     os.environ.setdefault(POLL_INTERVAL, str(POLL_INTERVAL_S))
 
 
+def _drop_system_exit(unraisable: Any, default: Any = sys.__unraisablehook__) -> None:
+    if not isinstance(unraisable.exc_value, SystemExit):
+        default(unraisable)
+
+
+def quiet_when_terminated() -> None:
+    """Keeps a trial's actor from printing a traceback as Ray ends it.
+
+    Tune ends a finished trial by asking its actor to exit, and then removes the trial's
+    placement group. When the removal reaches Ray before the actor's process is gone, Ray sends
+    the process SIGTERM, and Ray's handler raises ``SystemExit``; if Python is running a weakref
+    callback at that moment (as it is, often, while an exiting process frees its objects), the
+    exception cannot be raised, and Python prints ``Exception ignored in: ...`` and a traceback
+    to the actor's stderr, which Ray forwards to the sweep's console: now and then, a traceback
+    in the middle of a sweep's output, after a trial that finished well (ray-project/ray#13487).
+    Python ignores that ``SystemExit`` either way, and Ray kills the process 0.2 s later, so
+    only the message goes: every other exception that cannot be raised is printed as before."""
+    sys.unraisablehook = _drop_system_exit
+
+
 def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:
     """The Tune function trainable: turns Tune's sample into a config and launches the Ray Train
     run that trains it; metrics reach Tune through ``TuneReportCallback``."""
     started_at = time.time()
+    quiet_when_terminated()
     trial_id = ray.tune.get_context().get_trial_id()
     params = {k: tune_config[k] for k in spec.search}
     output = trial_output_dir(sweep_dir, trial_id)

@@ -4,16 +4,20 @@ train again), the resources a trial asks for when it starts, and what its proces
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 
 from lejepa_tune.metrics import EPOCH, LOSS
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.trial import (CHECKPOINT_PATH, POLL_INTERVAL, POLL_INTERVAL_S, PREEMPTION_WATCHER, finished_run,
-                               needs_placement_group_cleaner, poll_workers_often, resolve_resources, skip_preemption_watcher, trial_output_dir)
+from lejepa_tune.trial import (CHECKPOINT_PATH, POLL_INTERVAL, POLL_INTERVAL_S, PREEMPTION_WATCHER, _drop_system_exit, finished_run,
+                               needs_placement_group_cleaner, poll_workers_often, quiet_when_terminated, resolve_resources,
+                               skip_preemption_watcher, trial_output_dir)
 from tiny import write_checkpoint as checkpoint
 
 
@@ -74,6 +78,35 @@ def test_the_controller_polls_its_workers_more_often_unless_the_user_set_it(monk
     monkeypatch.setenv(POLL_INTERVAL, "5")
     poll_workers_often()
     assert os.environ[POLL_INTERVAL] == "5"
+
+
+class _Referent:
+    pass
+
+
+def _unraisable(exc: BaseException) -> None:
+    """Makes Python meet ``exc`` where it cannot raise it: in a weakref callback."""
+    def callback(_ref):
+        raise exc
+
+    obj = _Referent()
+    ref = weakref.ref(obj, callback)  # noqa: F841 (the callback runs only while the ref lives)
+    del obj
+    gc.collect()
+
+
+def test_a_trials_actor_drops_only_the_system_exit_of_its_termination(monkeypatch):
+    """What Ray's SIGTERM handler raises in a weakref callback of an exiting trial actor is not
+    printed; any other exception Python cannot raise still is."""
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", functools.partial(_drop_system_exit, default=printed.append))
+    _unraisable(SystemExit(1))
+    assert printed == []
+    _unraisable(ValueError("a real problem"))
+    assert [type(u.exc_value) for u in printed] == [ValueError]
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    quiet_when_terminated()
+    assert sys.unraisablehook is _drop_system_exit
 
 
 def test_ray_train_passes_the_settings_a_trial_makes_on_to_its_controller():
