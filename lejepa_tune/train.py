@@ -217,9 +217,11 @@ def build_optimizer(model: LeJEPAModel, cfg: OptimConfig) -> torch.optim.AdamW:
     encoder_params = [*model.backbone.parameters(), *model.projector.parameters()]
     groups = [
         {"params": encoder_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-        {"params": model.probe.parameters(), "lr": cfg.probe_lr, "weight_decay": cfg.probe_weight_decay, "base_lr": cfg.probe_lr},
+        {"params": [*model.probe.parameters()], "lr": cfg.probe_lr, "weight_decay": cfg.probe_weight_decay, "base_lr": cfg.probe_lr},
     ]
-    return torch.optim.AdamW(groups)
+    # On CUDA the fused kernel: one launch per step for all parameters, not several per tensor.
+    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    return torch.optim.AdamW(groups, fused=fused)
 
 
 @dataclass
@@ -237,6 +239,8 @@ class _Run:
     views: MultiViews
     lfset: LabelFreeSet
     stream: Stream | None = None
+    # The decoded training split on the GPU (images, labels), when it fits: see _device_copy.
+    on_device: tuple[Tensor, Tensor] | None = None
 
 
 def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = None, data: DataSplits | None = None,
@@ -260,7 +264,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
     run = _Run(
         cfg, device, autocast_dtype(cfg.train.precision, device), rank, world, splits, train_set,
         build_model(cfg.model, splits.num_classes).to(device), build_views(cfg.views),
-        LabelFreeSet(train_set, cfg.labelfree, cfg.views), stream,
+        LabelFreeSet(train_set, cfg.labelfree, cfg.views), stream, _device_copy(train_set, device),
     )
     model = run.model
     criterion = build_loss(cfg).to(device)
@@ -282,7 +286,9 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
         gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, epoch, 0))
         torch.manual_seed(stream_seed(cfg.train.seed, epoch, rank))
         ddp.train()
-        sums = torch.zeros(len(keys), dtype=torch.float64)
+        # Summed on the device and read once per epoch: a read per step would make the host wait
+        # for the GPU every step instead of queueing the next one.
+        sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
         for images, labels in sink.progress(_batches(run, epoch), steps_per_epoch, epoch):
             first_step_at = first_step_at or time.time()
             factor = lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
@@ -299,9 +305,9 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
             (out.loss + probe_loss).backward()
             opt.step()
             step += 1
-            sums += torch.stack([out.loss, out.invariance, out.regularizer, probe_loss]).detach().double().cpu()
+            sums += torch.stack([out.loss, out.invariance, out.regularizer, probe_loss]).detach().double()
 
-        metrics = dict(zip(keys, mean_over_ranks(sums / steps_per_epoch).tolist()))
+        metrics = dict(zip(keys, mean_over_ranks(sums.cpu() / steps_per_epoch).tolist()))
         if not math.isfinite(metrics[M.LOSS]):
             raise TrainingDiverged(
                 f"train/loss is {metrics[M.LOSS]} after epoch {epoch + 1} "
@@ -340,7 +346,7 @@ def _batches(run: _Run, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
             raise RuntimeError(f"the data stream of rank {run.rank} gave {taken} batches in epoch {epoch + 1}, not {index.shape[0]}")
         return
     if isinstance(run.train_set, TensorImages):
-        images, labels = run.train_set.images, run.train_set.labels
+        images, labels = run.on_device or (run.train_set.images, run.train_set.labels)
         for rows in index:
             yield images[rows].to(run.device, non_blocking=True), labels[rows].to(run.device, non_blocking=True)
         return
@@ -348,6 +354,18 @@ def _batches(run: _Run, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
     loader = DataLoader(run.train_set, batch_sampler=index.tolist(), num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda")
     for images, labels in loader:
         yield images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+
+
+def _device_copy(train_set: Dataset, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """The decoded training split copied to the GPU once, when it takes under a quarter of the
+    free memory there: each step's batch is then gathered on the device, not sent over. ``None``
+    on CPU, for splits decoded on the fly, and for splits too large."""
+    if device.type != "cuda" or not isinstance(train_set, TensorImages):
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    if train_set.images.nbytes > free // 4:
+        return None
+    return train_set.images.to(device), train_set.labels.to(device)
 
 
 def _measure(run: _Run, last: bool) -> dict[str, float | str]:

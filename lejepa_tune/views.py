@@ -162,7 +162,7 @@ class Augment:
         x = roi_align(x, rois, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # (n, 3, S, S)
         p = _to(params, device)
         if self.jitter_prob > 0 and bool(params.jitter.any()):
-            x = torch.where(p.jitter[:, None, None, None], _color_jitter(x, p.factors, p.order), x)
+            x = torch.where(p.jitter[:, None, None, None], _color_jitter(x, p.factors, params.order), x)
         if self.grayscale_prob > 0:
             x = torch.where(p.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
         if self.blur_prob > 0 and bool(params.blur.any()):
@@ -314,13 +314,19 @@ _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 
 
 def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
-    """ColorJitter with per-image factors ``(n, 4)`` applied in per-image ``order`` ``(n, 4)``."""
+    """ColorJitter with per-image factors ``(n, 4)`` applied in per-image ``order`` ``(n, 4)``.
+
+    The rows each operation applies to are found on the CPU (``order`` is read there) and sent
+    to ``x``'s device in one copy: finding them on a GPU would make the host wait for it 16 times.
+    """
     x = x.clone()
-    for slot in range(4):
-        for op in range(4):
-            rows = (order[:, slot] == op).nonzero().squeeze(1)
-            if rows.numel():
-                x[rows] = _JITTER_OPS[op](x[rows], factors[rows, op])
+    order = order.cpu()
+    picks = [(op, (order[:, slot] == op).nonzero().squeeze(1)) for slot in range(4) for op in range(4)]
+    counts = [rows.numel() for _, rows in picks]
+    moved = torch.cat([rows for _, rows in picks]).to(x.device, non_blocking=True).split(counts)
+    for (op, _), rows, count in zip(picks, moved, counts):  # slot by slot: each slot's rows are disjoint
+        if count:
+            x[rows] = _JITTER_OPS[op](x[rows], factors[rows, op])
     return x
 
 
