@@ -9,6 +9,7 @@ trial's start-up is paid in imports. The workers' own side is :mod:`lejepa_tune.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -127,8 +128,10 @@ def quiet_when_terminated() -> None:
     to the actor's stderr, which Ray forwards to the sweep's console: now and then, a traceback
     in the middle of a sweep's output, after a trial that finished well (ray-project/ray#13487).
     Python ignores that ``SystemExit`` either way, and Ray kills the process 0.2 s later, so
-    only the message goes: every other exception that cannot be raised is printed as before."""
-    sys.unraisablehook = _drop_system_exit
+    only the message goes: every other exception that cannot be raised goes to the hook that was
+    there before (Python's own, unless something set another), once however often this is called."""
+    if not (isinstance(sys.unraisablehook, functools.partial) and sys.unraisablehook.func is _drop_system_exit):
+        sys.unraisablehook = functools.partial(_drop_system_exit, default=sys.unraisablehook)
 
 
 def trial_driver(tune_config: dict[str, Any], spec: SweepSpec, sweep_dir: str, data: dict[str, Any]) -> None:

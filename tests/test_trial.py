@@ -104,9 +104,14 @@ def test_a_trials_actor_drops_only_the_system_exit_of_its_termination(monkeypatc
     assert printed == []
     _unraisable(ValueError("a real problem"))
     assert [type(u.exc_value) for u in printed] == [ValueError]
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    # The actor's hook drops SystemExit and hands everything else to the hook set before it.
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)  # restored after the test
     quiet_when_terminated()
-    assert sys.unraisablehook is _drop_system_exit
+    quiet_when_terminated()  # a second call wraps nothing twice
+    _unraisable(SystemExit(1))
+    _unraisable(KeyError("another"))
+    assert [type(u.exc_value) for u in printed] == [ValueError, KeyError]
+    assert sys.unraisablehook.keywords["default"] == printed.append
 
 
 def test_ray_train_passes_the_settings_a_trial_makes_on_to_its_controller():
