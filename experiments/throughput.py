@@ -55,10 +55,12 @@ SETTINGS = [
     "model.proj_hidden_dims=[2048,2048]", "model.proj_dim=16", "train.batch_size=128", "data.num_workers=1",
     "train.save_checkpoint=false", "eval.enabled=false",
 ]
-# A GPU-sized setting beside it: ViT-S/8 (width 384, 12 blocks, 6 heads) on the digits scaled to
-# SIZE px (96: 145 tokens a view; 224, ImageNet's size: 785), batch 256, 4 global views, where the
-# model, not the launch of small kernels, sets the pace.
+
+
 def gpu_settings(size: int) -> list[str]:
+    """A GPU-sized setting to put beside those: ViT-S/8 (width 384, 12 blocks, 6 heads) on the
+    digits scaled to ``size`` px (96: 145 tokens a view; 224, ImageNet's size: 785), batch 256,
+    4 global views, where the model, not the launch of small kernels, sets the pace."""
     return [
         f"data.image_size={size}", f"views.global_size={size}", f"model.backbone_kwargs.img_size={size}",
         "model.backbone_kwargs.patch_size=8", "model.backbone_kwargs.embed_dim=384", "model.backbone_kwargs.depth=12",
@@ -227,7 +229,10 @@ def main() -> None:
     overrides = [*SETTINGS, *(gpu_settings(args.gpu_size) if args.gpu_size else []), *(SMOKE if args.smoke_test else []), *args.set,
                  f"train.device={args.device}", f"train.epochs={args.epochs}", f"train.output_dir={out / 'trainer'}"]
     cfg = load_config(None, overrides)
-    device = resolve_device(cfg.train.device)
+    try:
+        device = resolve_device(cfg.train.device)
+    except RuntimeError as err:  # --device cuda where there is none
+        parser.error(str(err))
     amp = autocast_dtype(cfg.train.precision, device)
     splits = build_datasets(cfg.data)
     steps = args.epochs * (len(splits.train) // cfg.train.batch_size)
