@@ -13,22 +13,12 @@ from lejepa_tune.config import ViewsConfig, load_config
 from lejepa_tune.data import TensorImages
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.models import build_model
-from lejepa_tune.train import LocalSink, _device_copy, build_optimizer, train
+from lejepa_tune.train import _device_copy, build_optimizer, train
 from lejepa_tune.views import build_views
-from tiny import TINY
+from tiny import TINY, Recorder, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda", 0)
-
-
-class Recorder(LocalSink):
-    def __init__(self, cfg):
-        super().__init__(cfg, verbose=False)
-        self.reports = []
-
-    def report(self, metrics, checkpoint):
-        super().report(metrics, checkpoint)
-        self.reports.append(metrics)
 
 
 def test_views_on_the_gpu_are_the_views_on_the_cpu():
@@ -44,7 +34,7 @@ def test_views_on_the_gpu_are_the_views_on_the_cpu():
 
 
 def test_a_tiny_run_trains_under_bf16_on_the_gpu(tmp_path):
-    cfg = load_config(None, [*TINY, "train.epochs=2", f"train.output_dir={tmp_path / 'run'}"])
+    cfg = tiny_config(tmp_path, "train.epochs=2")
     sink = Recorder(cfg)
     final = train(cfg, sink)
     assert [m["epoch"] for m in sink.reports] == [1, 2]

@@ -16,13 +16,9 @@ from lejepa_tune.cli import main
 from lejepa_tune.config import load_config
 from lejepa_tune.models import build_model
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, unpack_bits
-from lejepa_tune.train import LocalSink, TrainingDiverged, autocast_dtype, epoch_batches, lr_factor, resolve_device, train
+from lejepa_tune.train import TrainingDiverged, autocast_dtype, epoch_batches, lr_factor, resolve_device, train
 from ranks import free_port
-from tiny import TINY
-
-
-def tiny_config(tmp_path, *extra):
-    return load_config(None, [*TINY, f"train.output_dir={tmp_path / 'run'}", *extra])
+from tiny import TINY, Recorder, tiny_config
 
 
 def test_lr_factor_warmup_then_cosine_to_min():
@@ -53,20 +49,6 @@ def test_precision_is_chosen_per_device():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(RuntimeError, match="train.device"):
             resolve_device("cuda")
-
-
-class Recorder(LocalSink):
-    """The local sink, keeping what each epoch reported (and optionally stopping the run)."""
-
-    def __init__(self, cfg, stop_after: int | None = None):
-        super().__init__(cfg, verbose=False)
-        self.reports, self.stop_after = [], stop_after
-
-    def report(self, metrics, checkpoint):
-        super().report(metrics, checkpoint)
-        self.reports.append(dict(metrics))
-        if self.stop_after is not None and len(self.reports) == self.stop_after:
-            raise KeyboardInterrupt  # the process "dies" right after a checkpoint
 
 
 def test_epoch_batches_are_the_global_batch_split_over_ranks():

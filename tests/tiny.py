@@ -1,5 +1,6 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
-few slices), as a base config and as ``--set`` overrides, hand-made sweep records and Ray
+few slices), as a base config, as ``--set`` overrides and as a config training into a test's
+directory, a sink that keeps every epoch's report, hand-made sweep records and Ray
 Train checkpoint directories, one run trained the way a trial's worker trains it, a search-space file over the tiny base, a
 copy of a tracking database, the figures a full report shows, the environment for an MLflow server, and a way to stop a server with everything it started.
 (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that the
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from lejepa_tune.config import flatten_dict
+from lejepa_tune.config import flatten_dict, load_config
 from lejepa_tune.metrics import EPOCH, FEATURE_SPACES, LABELFREE_CRITERIA, LOSS, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
 from lejepa_tune.records import SweepRecords, TrialRecord
 from lejepa_tune.train import LocalSink, train
@@ -33,6 +34,27 @@ TINY_BASE = {
     "eval": {"linear_max_iter": 100},
 }
 TINY = [f"{k}={json.dumps(v)}" for k, v in flatten_dict(TINY_BASE).items()]
+
+
+def tiny_config(tmp_path: Path, *extra: str):
+    """The tiny settings as a config, training into ``tmp_path/run``."""
+    return load_config(None, [*TINY, f"train.output_dir={tmp_path / 'run'}", *extra])
+
+
+class Recorder(LocalSink):
+    """The local sink, keeping what each epoch reported (and optionally stopping the run)."""
+
+    def __init__(self, cfg, stop_after: int | None = None):
+        super().__init__(cfg, verbose=False)
+        self.reports, self.stop_after = [], stop_after
+
+    def report(self, metrics, checkpoint):
+        super().report(metrics, checkpoint)
+        self.reports.append(dict(metrics))
+        if self.stop_after is not None and len(self.reports) == self.stop_after:
+            raise KeyboardInterrupt  # the process "dies" right after a checkpoint
+
+
 # The search most sweep tests run: λ alone, over the range of the shipped spaces.
 LAM_SEARCH = {"loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5}}
 
