@@ -66,6 +66,10 @@ class ViewParams:
     solarize: Tensor
     flip: Tensor
 
+    def flags(self) -> Tensor:
+        """``gray``, ``blur``, ``solarize`` and ``flip`` as the columns of one float ``(n, 4)``."""
+        return torch.stack([self.gray, self.blur, self.solarize, self.flip], dim=1).float()
+
 
 def _crop_boxes(n: int, height: int, width: int, scale: Sequence[float], gen: torch.Generator) -> Tensor:
     """``(n, 4)`` boxes drawn as ``RandomResizedCrop.get_params`` draws them, ``n`` at a time."""
@@ -155,23 +159,23 @@ class Augment:
         """The views of ``images`` (``(B, 3, H, W)``, uint8 or float in [0, 1]) with ``params``;
         view ``r`` is cut from image ``index[r]`` (default: view ``r`` of image ``r``)."""
         x = to_unit_float(images)
-        device = x.device
         n = params.boxes.shape[0]
         index = torch.arange(n) if index is None else index
-        rois = torch.cat([index[:, None].float(), params.boxes], dim=1).to(device)  # (n, 5)
+        rois = torch.cat([index[:, None].float(), params.boxes], dim=1)  # (n, 5)
+        rois, flags, sigma, mean, std = _send(x.device, rois, params.flags(), params.sigma, self.mean, self.std)
+        gray, blur, solarize, flip = (flags > 0.5).T[:, :, None, None, None]  # each (n, 1, 1, 1)
         x = roi_align(x, rois, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # (n, 3, S, S)
-        p = _to(params, device)
         if self.jitter_prob > 0 and bool(params.jitter.any()):
-            x = torch.where(p.jitter[:, None, None, None], _color_jitter(x, p.factors, params.order), x)
+            x = _color_jitter(x, params.factors, params.order, params.jitter.nonzero()[:, 0])
         if self.grayscale_prob > 0:
-            x = torch.where(p.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+            x = torch.where(gray, _grayscale(x).expand_as(x), x)
         if self.blur_prob > 0 and bool(params.blur.any()):
-            x = torch.where(p.blur[:, None, None, None], _gaussian_blur(x, p.sigma, self.kernel_size), x)
+            x = torch.where(blur, _gaussian_blur(x, sigma, self.kernel_size), x)
         if self.solarize_prob > 0:
-            x = torch.where(p.solarize[:, None, None, None] & (x >= _SOLARIZE_THRESHOLD), 1.0 - x, x)
+            x = torch.where(solarize & (x >= _SOLARIZE_THRESHOLD), 1.0 - x, x)
         if self.hflip_prob > 0:
-            x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
-        return (x - self.mean.to(device)) / self.std.to(device)
+            x = torch.where(flip, x.flip(-1), x)
+        return (x - mean) / std
 
     def __call__(self, images: Tensor, gen: torch.Generator) -> Tensor:
         """One view of each image: ``(B, 3, size, size)``."""
@@ -267,8 +271,13 @@ def eval_views(images: Tensor, size: int, mean: Sequence[float], std: Sequence[f
 # Colour operations on float (n, 3, H, W) batches in [0, 1], one factor per image.
 
 
-def _to(params: ViewParams, device: torch.device) -> ViewParams:
-    return ViewParams(**{k: getattr(params, k).to(device, non_blocking=True) for k in ViewParams.__dataclass_fields__})
+def _send(device: torch.device, *parts: Tensor) -> list[Tensor]:
+    """``parts`` (CPU tensors of one dtype) on ``device``, in one copy rather than one each: on a
+    GPU every copy from the host is a call of its own. On the CPU, the tensors themselves."""
+    if device.type == "cpu":
+        return list(parts)
+    flat = torch.cat([p.reshape(-1) for p in parts]).to(device, non_blocking=True)
+    return [chunk.view(p.shape) for chunk, p in zip(flat.split([p.numel() for p in parts]), parts)]
 
 
 def _grayscale(x: Tensor) -> Tensor:
@@ -277,11 +286,13 @@ def _grayscale(x: Tensor) -> Tensor:
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    return (factor[:, None, None, None] * x + (1.0 - factor[:, None, None, None]) * other).clamp_(0.0, 1.0)
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
 
 
 def _brightness(x: Tensor, f: Tensor) -> Tensor:
-    return _blend(x, torch.zeros_like(x), f)
+    # The blend with black: f * x + (1 - f) * 0, which is f * x (adding a zero changes nothing).
+    return (f.view(-1, 1, 1, 1) * x).clamp_(0.0, 1.0)
 
 
 def _contrast(x: Tensor, f: Tensor) -> Tensor:
@@ -294,40 +305,59 @@ def _saturation(x: Tensor, f: Tensor) -> Tensor:
 
 def _hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotates the hue by ``shift`` (a fraction of the circle), through HSV."""
-    r, g, b = x.unbind(1)
     maxc, _ = x.max(1)
     minc, _ = x.min(1)
     delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    chroma = delta > 0
+    rc, gc, bc = ((maxc[:, None] - x) / torch.where(chroma, delta, 1.0)[:, None]).unbind(1)
+    r, g, _ = x.unbind(1)
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    h = (h + shift[:, None, None]) % 1.0
-    # HSV -> RGB, the k-formula: channel c = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) % 6.
-    k = torch.stack([(n + 6.0 * h) % 6.0 for n in (5.0, 3.0, 1.0)], dim=1)  # (n, 3, H, W)
-    weight = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return (maxc[:, None] - maxc[:, None] * s[:, None] * weight).clamp_(0.0, 1.0)
+    h = torch.where(chroma, (h / 6.0) % 1.0, 0.0)
+    lit = maxc > 0
+    s = torch.where(lit, delta / torch.where(lit, maxc, 1.0), 0.0)
+    h = (h + shift.view(-1, 1, 1)) % 1.0
+    # HSV -> RGB, the k-formula: channel c = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) % 6,
+    # with n = 5, 3, 1 for red, green and blue.
+    k = (6.0 * h[:, None] + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)) % 6.0  # (n, 3, H, W)
+    weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (maxc[:, None] - (maxc * s)[:, None] * weight).clamp_(0.0, 1.0)
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 
 
-def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
-    """ColorJitter with per-image factors ``(n, 4)`` applied in per-image ``order`` ``(n, 4)``.
+def _color_jitter(x: Tensor, factors: Tensor, order: Tensor, rows: Tensor | None = None) -> Tensor:
+    """ColorJitter on the rows ``rows`` of ``x`` (default: all), with per-image factors
+    ``(n, 4)`` applied in per-image ``order`` ``(n, 4)`` (both on the CPU); the other rows are
+    returned as they are.
 
-    The rows each operation applies to are found on the CPU (``order`` is read there) and sent
-    to ``x``'s device in one copy: finding them on a GPU would make the host wait for it 16 times.
+    Slot by slot, the jittered rows are gathered sorted by the operation they take in that slot,
+    so that each operation runs once on a contiguous run of rows. The gathers and the factors are
+    worked out on the CPU (``order`` is read there) and sent to ``x``'s device in one copy each:
+    a slot costs one gather and one concatenation, not one gather and one scatter per operation.
     """
-    x = x.clone()
-    order = order.cpu()
-    picks = [(op, (order[:, slot] == op).nonzero().squeeze(1)) for slot in range(4) for op in range(4)]
-    counts = [rows.numel() for _, rows in picks]
-    moved = torch.cat([rows for _, rows in picks]).to(x.device, non_blocking=True).split(counts)
-    for (op, _), rows, count in zip(picks, moved, counts):  # slot by slot: each slot's rows are disjoint
-        if count:
-            x[rows] = _JITTER_OPS[op](x[rows], factors[rows, op])
-    return x
+    rows = torch.arange(x.shape[0]) if rows is None else rows
+    if rows.numel() == 0:
+        return x
+    order, factors = order[rows], factors[rows]
+    held = torch.arange(rows.numel())  # which jittered row each position holds
+    gathers, counts, slot_factors = [], [], []
+    for slot in range(4):
+        ops = order[held, slot]
+        by_op = ops.argsort(stable=True)
+        gathers.append(by_op)
+        counts.append(torch.bincount(ops, minlength=4).tolist())
+        held = held[by_op]
+        slot_factors.append(factors[held, order[held, slot]])
+    gathers[0] = rows[gathers[0]]  # the first slot gathers from x itself
+    *gathers, scatter = _send(x.device, *gathers, rows[held])
+    (slot_factors,) = _send(x.device, torch.stack(slot_factors))
+    y = x
+    for slot in range(4):
+        y = y[gathers[slot]]
+        parts = zip(_JITTER_OPS, y.split(counts[slot]), slot_factors[slot].split(counts[slot]))
+        y = torch.cat([op(part, f) for op, part, f in parts if part.shape[0]])
+    return x.index_copy(0, scatter, y)
 
 
 def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:

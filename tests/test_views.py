@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from lejepa_tune.config import ViewsConfig
 from lejepa_tune.train import stream_seed
-from lejepa_tune.views import Augment, MultiViews, ViewParams, _color_jitter, _gaussian_blur, build_views, eval_views
+from lejepa_tune.views import _JITTER_OPS, Augment, MultiViews, ViewParams, _color_jitter, _gaussian_blur, build_views, eval_views
 
 NO_NORM = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -83,6 +83,24 @@ def test_colour_ops_equal_torchvision_for_the_same_factors():
     assert torch.allclose(_gaussian_blur(x, sigma, 5), blurred, atol=1e-5)
 
 
+def test_jitter_gathered_by_operation_equals_each_row_jittered_alone():
+    """The batched jitter (rows sorted by operation, slot by slot) makes exactly the pixels each
+    jittered row gets from its own four operations in its own order, and leaves the other rows as
+    they are."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 12, 12, generator=gen)
+    p = augment(jitter_prob=0.5, jitter_strength=(0.8, 0.8, 0.8, 0.2)).sample(64, 32, 32, gen)
+    rows = p.jitter.nonzero()[:, 0]
+    assert 0 < len(rows) < 64
+    out = _color_jitter(x, p.factors, p.order, rows)
+    for i in range(64):
+        img = x[i : i + 1]
+        if p.jitter[i]:
+            for op in p.order[i].tolist():
+                img = _JITTER_OPS[op](img, p.factors[i : i + 1, op])
+        assert torch.equal(out[i : i + 1], img), i
+
+
 def test_crops_cut_the_right_pixels_and_flip_and_solarize():
     img = images(1)
     aug = augment(size=16, solarize_prob=1.0, hflip_prob=1.0)
@@ -126,6 +144,16 @@ def test_views_run_on_the_device_of_the_images():
     assert g.device.type == "cpu" and torch.isfinite(g).all()
     # Normalised views: about zero mean, unit spread, for uniform pixels (mean 0.5, std ~0.29).
     assert abs(g.mean().item() + 0.2) < 0.4 and 0.5 < g.std().item() < 2.5
+
+
+def test_views_of_images_on_another_device_are_made_there():
+    """The path a GPU takes (the parameters sent in one copy, the jitter's gathers and factors in
+    one each), run on PyTorch's ``meta`` device, which has shapes but no data: every view is made
+    on the images' device with the right shape. ``tests/test_cuda.py`` checks the pixels on a GPU."""
+    views = build_views(ViewsConfig(n_global=2, n_local=2, local_size=16, jitter_prob=0.8, grayscale_prob=0.3, blur_prob=0.5, solarize_prob=0.3, hflip_prob=0.5))
+    g, l = views(images(5).to("meta"), torch.Generator().manual_seed(0))
+    assert g.device.type == l.device.type == "meta"
+    assert g.shape == (2, 5, 3, 32, 32) and l.shape == (2, 5, 3, 16, 16) and g.dtype == l.dtype == torch.float32
 
 
 def test_invalid_view_counts():
