@@ -1,6 +1,6 @@
 """The checks that need the data or timm, made before anything starts (no Ray, no training):
-the backbone is a timm model, the dataset exists, and the batch and the label-free set fit in
-its training images. ``lejepa-tune validate`` and ``run`` make them for every trial a sweep can
+the backbone is a timm model that takes the views' sizes, the dataset exists, and the batch and
+the label-free set fit in its training images. ``lejepa-tune validate`` and ``run`` make them for every trial a sweep can
 run, ``lejepa-tune train`` for its one config; every error is a one-line ConfigError naming
 the file and the key.
 """
@@ -11,13 +11,14 @@ from typing import Any, Mapping
 
 from .config import Config, ConfigError, DataConfig
 from .data import DataSplits, build_datasets
-from .models import known_backbone
+from .models import create_backbone, known_backbone
 from .search_space import SweepSpec, corners, trial_config
 
 __all__ = ["check_trainable", "check_sweep"]
 
-# The searched keys (besides data.*) whose values check_trainable looks at.
-_TRAINABLE_KEYS = ("model.backbone", "train.batch_size", "labelfree.num_images")
+# The searched keys (besides data.* and model.backbone_kwargs.*) whose values check_trainable
+# looks at.
+_TRAINABLE_KEYS = ("model.backbone", "train.batch_size", "labelfree.num_images", "views.global_size", "views.local_size", "views.n_local")
 
 
 def check_trainable(cfg: Config, built: dict[DataConfig, DataSplits] | None = None) -> DataSplits:
@@ -25,6 +26,7 @@ def check_trainable(cfg: Config, built: dict[DataConfig, DataSplits] | None = No
     splits by data config. Errors read ``key: what is wrong``: the caller names the file."""
     if not known_backbone(cfg.model.backbone):
         raise ConfigError(f"model.backbone: {cfg.model.backbone!r} is not a timm model (see timm.list_models())")
+    _check_view_sizes(cfg)
     built = {} if built is None else built
     if cfg.data not in built:
         built[cfg.data] = build_datasets(cfg.data)  # a DatasetError reads "data.<key>: ..."
@@ -37,10 +39,40 @@ def check_trainable(cfg: Config, built: dict[DataConfig, DataSplits] | None = No
     return splits
 
 
+def _check_view_sizes(cfg: Config) -> None:
+    """The backbone takes the global views' size, and the local views' when there are any: built
+    on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic) and given one view of
+    each size. A ViT is built for one ``img_size`` and refuses any other (timm asserts it) unless
+    built with ``dynamic_img_size``; a CNN refuses views smaller than its kernels."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            backbone = create_backbone(cfg.model.backbone, cfg.model.backbone_kwargs)
+    except ValueError as err:  # an unknown model or a keyword it does not take, named by its key
+        raise ConfigError(str(err)) from None
+    except Exception:  # a model that cannot be built without memory: the run will tell
+        return
+    backbone.eval()  # batch norm with running statistics: two views are enough
+    sizes = [("views.global_size", cfg.views.global_size)] + ([("views.local_size", cfg.views.local_size)] if cfg.views.n_local > 0 else [])
+    for key, size in sizes:
+        try:
+            backbone(torch.empty(2, 3, size, size, device="meta"))
+        except NotImplementedError:  # an operation PyTorch cannot run on shapes alone
+            return
+        except (AssertionError, RuntimeError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "meta" in reason:  # the same: data the meta device does not have
+                return
+            hint = ("; built with model.backbone_kwargs.dynamic_img_size: true, it takes other sizes"
+                    if getattr(backbone, "dynamic_img_size", None) is False else "")
+            raise ConfigError(f"{key}: {cfg.model.backbone} does not take {size}x{size} views ({reason}){hint}") from None
+
+
 def check_sweep(spec: SweepSpec) -> None:
     """:func:`check_trainable` for every trial ``spec`` can run: at every combination of the
     extreme values of the searched keys it looks at (a searched data.* changes the data)."""
-    keys = [k for k in spec.search if k in _TRAINABLE_KEYS or k.startswith("data.")]
+    keys = [k for k in spec.search if k in _TRAINABLE_KEYS or k.startswith(("data.", "model.backbone_kwargs."))]
     built: dict[DataConfig, DataSplits] = {}
     for params in corners(spec.search, keys):
         try:

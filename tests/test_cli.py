@@ -54,6 +54,8 @@ CASES = [
     space("base-file-bad-value", "name: s\nbase: base.yaml\n", "optim.lr", "a finite number", names="base.yaml", files={"base.yaml": "optim: {lr: .inf}\n"}),
     space("base-local-larger-than-global", "name: s\nbase: {views: {n_local: 2, local_size: 64}}\n", "base.views.local_size", "must not exceed views.global_size"),
     space("base-unknown-backbone", "name: s\nbase: {model: {backbone: vit_nonexistent}}\n", "base.model.backbone", "not a timm model"),
+    space("search-local-views-the-vit-cannot-take", "name: s\nsearch:\n  views.n_local: {type: choice, values: [0, 2]}\n", "base.views.local_size",
+          "vit_tiny_patch16_224 does not take 16x16 views", command="run"),
     space("search-impossible-range", "name: s\nsearch:\n  loss.lam: {type: uniform, low: 0.5, high: 0.1}\n", "search.loss.lam", "impossible range"),
     space("run-base-missing-folder", "name: s\nbase: {data: {dataset: 'folder:{tmp}/nowhere'}}\n", "base.data.dataset", "no such directory", command="run"),
     space("search-high-not-finite", "name: s\nsearch:\n  optim.lr: {type: uniform, low: 0.001, high: .inf}\n", "search.optim.lr.high", "a finite number"),
@@ -114,6 +116,7 @@ CASES = [
     train("train-unknown-backbone", ["model.backbone=vit_nonexistent"], "model.backbone", "not a timm model"),
     train("train-missing-folder", ["data.dataset=folder:{tmp}/nowhere"], "data.dataset", "no such directory"),
     train("train-local-larger-than-global", ["views.n_local=2", "views.local_size=64"], "views.local_size", "must not exceed"),
+    train("train-global-size-the-vit-cannot-take", ["views.global_size=24"], "views.global_size", "does not take 24x24 views"),
     train("train-cuda-without-gpu", ["train.device=cuda"], "train.device", "no CUDA device",
           marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")),
     # (d) where a sweep writes, checked before Ray starts

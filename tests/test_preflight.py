@@ -40,6 +40,36 @@ def test_an_untrainable_config_is_one_line_naming_its_key(key, value, message):
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("model,views,message", [
+    ({}, {"n_local": 2, "local_size": 16},
+     "views.local_size: vit_tiny_patch16_224 does not take 16x16 views (Input height (16) doesn't match model (32).); "
+     "built with model.backbone_kwargs.dynamic_img_size: true, it takes other sizes"),
+    ({"backbone_kwargs": {"img_size": 32, "patch_size": 8, "dynamic_img_size": True}}, {"n_local": 2, "local_size": 12},
+     "views.local_size: vit_tiny_patch16_224 does not take 12x12 views (Input height (12) should be divisible by patch size (8).)"),
+    ({"backbone": "convnext_atto", "backbone_kwargs": {}}, {"global_size": 16},
+     "views.global_size: convnext_atto does not take 16x16 views (Calculated padded input size per channel: (1 x 1). "
+     "Kernel size: (2 x 2). Kernel size can't be greater than actual input size)"),
+    ({"backbone_kwargs": {"img_size": 32, "no_such_keyword": 1}}, {},
+     "model.backbone_kwargs: vit_tiny_patch16_224: VisionTransformer.__init__() got an unexpected keyword argument 'no_such_keyword'"),
+])
+def test_views_the_backbone_cannot_take_are_one_line_naming_their_key(model, views, message):
+    """Checked on the meta device before anything trains: a ViT built for one size, a patch that
+    does not divide the views, a CNN whose kernels exceed them, a keyword the model lacks."""
+    cfg = config_from_dict({"data": DATA, "train": {"batch_size": 32}, "labelfree": {"num_images": 64}, "model": model, "views": views})
+    with pytest.raises(ConfigError) as err:
+        check_trainable(cfg)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("model,views", [
+    ({"backbone_kwargs": {"img_size": 32, "patch_size": 8, "dynamic_img_size": True}}, {"n_local": 2, "local_size": 16}),
+    ({"backbone": "resnet18", "backbone_kwargs": {}}, {"global_size": 8, "n_local": 2, "local_size": 4}),
+])
+def test_views_the_backbone_takes_pass(model, views):
+    cfg = config_from_dict({"data": DATA, "train": {"batch_size": 32}, "labelfree": {"num_images": 64}, "model": model, "views": views})
+    assert len(check_trainable(cfg).train) == 100
+
+
 def test_missing_data_is_a_dataset_error_naming_its_key(tmp_path):
     cfg = config_from_dict({"data": {"dataset": f"folder:{tmp_path / 'nowhere'}"}})
     with pytest.raises(DatasetError, match=r"^data\.dataset: "):
@@ -54,6 +84,14 @@ def test_every_corner_of_a_sweep_is_checked():
     with pytest.raises(ConfigError) as err:
         check_sweep(corner)
     assert str(err.value) == "space.yaml: search.train.batch_size: 64 exceeds the 50 training images of 'digits' (data.max_train_samples: 50)"
+
+
+def test_a_sweep_searching_local_views_is_checked_with_them():
+    with pytest.raises(ConfigError) as err:
+        check_sweep(spec({"views.n_local": {"type": "choice", "values": [0, 2]}}, base={"views": {"local_size": 16}}))
+    assert str(err.value).startswith("space.yaml: base.views.local_size: vit_tiny_patch16_224 does not take 16x16 views")
+    check_sweep(spec({"views.n_local": {"type": "choice", "values": [0, 2]}},
+                     base={"views": {"local_size": 16}, "model": {"backbone_kwargs": {"img_size": 32, "patch_size": 8, "dynamic_img_size": True}}}))
 
 
 def test_a_base_key_failing_in_some_trials_names_the_searched_keys_behind_it():
