@@ -27,6 +27,7 @@ __all__ = [
     "correlation",
     "regret_points",
     "plot_pngs",
+    "best_completed_so_far",
     "write_trials_csv",
     "write_html",
     "write_report",
@@ -221,12 +222,7 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
             pts = [(i, v) for i, v, s in series if s == status and math.isfinite(v)]
             if pts:
                 ax.scatter(*zip(*pts), color=colour[status], s=30, label=status, zorder=2)
-        best, running = [], math.nan
-        for i, v, _ in series:
-            if math.isfinite(v) and (not math.isfinite(running) or (v > running if sel.modes[crit] == "max" else v < running)):
-                running = v
-            best.append((i, running))
-        ax.step(*zip(*best), where="post", color="black", alpha=0.6, label="best so far")
+        ax.step(*zip(*best_completed_so_far(series, sel.modes[crit])), where="post", color="black", alpha=0.6, label="best completed so far")
         ax.set_xlabel("trial (in the order the search proposed them)")
         ax.set_ylabel(crit)
         ax.grid(True, alpha=0.3)
@@ -246,6 +242,18 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
     if parallel is not None:
         out["parallel"] = parallel
     return out
+
+
+def best_completed_so_far(series: list[tuple[int, float, str]], mode: str) -> list[tuple[int, float]]:
+    """``(i, best)`` for every ``(i, value, status)`` in the order of the search: the best value
+    of the completed trials up to ``i`` (NaN before the first). Only completed trials count, as
+    for the choice: a stopped trial's value is from an earlier epoch than the others'."""
+    best, running = [], math.nan
+    for i, v, status in series:
+        if status == "completed" and math.isfinite(v) and (not math.isfinite(running) or (v > running if mode == "max" else v < running)):
+            running = v
+        best.append((i, running))
+    return best
 
 
 def _search(records: SweepRecords) -> dict[str, Distribution]:

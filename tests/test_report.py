@@ -13,13 +13,23 @@ import pytest
 from PIL import Image
 
 from lejepa_tune.analysis import analyse
-from lejepa_tune.report import format_selection, format_table, format_trials_table, write_report
+from lejepa_tune.report import best_completed_so_far, format_selection, format_table, format_trials_table, write_report
 from tiny import REPORT_FIGURES, synthetic_records
 
 
 def test_format_table_aligns_and_marks_missing_values():
     text = format_table(["a", "bb"], [[1.23456, None], ["x", float("nan")]])
     assert text.splitlines() == ["a      bb", "-----  --", "1.235  - ", "x      - "]
+
+
+def test_the_search_over_time_follows_the_best_completed_trial():
+    """A stopped trial's value (from an earlier epoch) is drawn but never the best so far, as it
+    is never the choice; nor is an errored trial's."""
+    series = [(0, 3.0, "completed"), (1, 9.0, "stopped"), (2, 5.0, "completed"), (3, 4.0, "completed"), (4, 8.0, "error"), (5, 6.0, "completed")]
+    assert [b for _, b in best_completed_so_far(series, "max")] == [3.0, 3.0, 5.0, 5.0, 5.0, 6.0]
+    assert [b for _, b in best_completed_so_far(series, "min")] == [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+    head = best_completed_so_far([(0, 1.0, "stopped"), (1, 2.0, "completed")], "max")
+    assert np.isnan(head[0][1]) and head[1] == (1, 2.0)
 
 
 def test_trials_table_sorts_by_the_objective_and_stars_the_choice(synthetic_report):
