@@ -359,11 +359,16 @@ def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str, source: str
 
 # The keys :func:`_validate_cross_field` relates: a sweep that searches several of them checks
 # every combination of their extreme values.
-CROSS_FIELD_KEYS = ("views.n_local", "views.local_size", "views.global_size", "loss.regularizer", "model.proj_dim")
+CROSS_FIELD_KEYS = ("views.n_global", "views.n_local", "views.local_size", "views.global_size", "loss.regularizer", "model.proj_dim")
 
 
 def _validate_cross_field(cfg: Config, source: str, prefix: str = "") -> None:
     """Constraints that involve more than one key."""
+    if cfg.views.n_global + cfg.views.n_local < 2:
+        raise ConfigError(
+            f"{source}: {prefix}views.n_global: the invariance term compares the views of an image, so it needs at least two "
+            f"(views.n_global {cfg.views.n_global} + views.n_local {cfg.views.n_local})"
+        )
     if cfg.views.n_local > 0 and cfg.views.local_size > cfg.views.global_size:
         raise ConfigError(
             f"{source}: {prefix}views.local_size: must not exceed views.global_size "

@@ -54,6 +54,7 @@ def test_saved_config_loads_back_equal(tmp_path):
         ("train: {epochs: 2.5}\n", "train.epochs", "integer"),
         ("views: {global_scale: [0.9, 0.2]}\n", "views.global_scale", "lo <= hi"),
         ("views: {n_local: 2, local_size: 64}\n", "views.local_size", "must not exceed"),
+        ("views: {n_global: 1}\n", "views.n_global", "needs at least two (views.n_global 1 + views.n_local 0)"),
         ("train: {save_checkpoint: 1}\n", "train.save_checkpoint", "true or false"),
         ("optim: 3\n", "optim", "mapping"),
     ],
