@@ -1,8 +1,8 @@
 """The checks that need the data or timm, made before anything starts (no Ray, no training):
 the backbone is a timm model that takes the views' sizes, the dataset exists, and the batch and
-the label-free set fit in its training images. ``lejepa-tune validate`` and ``run`` make them for every trial a sweep can
-run, ``lejepa-tune train`` for its one config; every error is a one-line ConfigError naming
-the file and the key.
+the label-free set fit in its training images. ``lejepa-tune validate`` and ``run`` make them
+for every trial a sweep can run, ``lejepa-tune train`` for its one config; every error is a
+one-line ConfigError naming the file and the key.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def check_trainable(cfg: Config, built: dict[DataConfig, DataSplits] | None = No
 
 def _check_view_sizes(cfg: Config) -> None:
     """The backbone takes the global views' size, and the local views' when there are any: built
-    on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic) and given one view of
-    each size. A ViT is built for one ``img_size`` and refuses any other (timm asserts it) unless
+    on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic) and given two views of
+    each size, in eval mode. A ViT is built for one ``img_size`` and refuses any other (timm asserts it) unless
     built with ``dynamic_img_size``; a CNN refuses views smaller than its kernels."""
     import torch
 
