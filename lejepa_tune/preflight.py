@@ -42,8 +42,9 @@ def check_trainable(cfg: Config, built: dict[DataConfig, DataSplits] | None = No
 def _check_view_sizes(cfg: Config) -> None:
     """The backbone takes the global views' size, and the local views' when there are any: built
     on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic) and given two views of
-    each size, in eval mode. A ViT is built for one ``img_size`` and refuses any other (timm asserts it) unless
-    built with ``dynamic_img_size``; a CNN refuses views smaller than its kernels."""
+    each size, in eval mode. A ViT is built for one ``img_size`` and refuses any other (timm
+    asserts it) unless built with ``dynamic_img_size``; a CNN refuses views smaller than its
+    kernels."""
     import torch
 
     try:
