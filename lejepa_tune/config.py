@@ -223,12 +223,16 @@ class LabelFreeConfig:
     images (a subset drawn with ``seed``, labels never read), ``num_views`` views of each made
     with ``seed``, the same for every trial of a sweep. ``views`` is the recipe of those views
     (``null``: this run's own ``views``; a sweep fills it with its base recipe, so that trials
-    which search ``views.*`` are still measured on identical pixels)."""
+    which search ``views.*`` are still measured on identical pixels). After the last epoch the
+    objective is also measured on ``resamples`` resamples of the images, drawn with ``seed``
+    (the same in every trial, so that two trials' values pair up; 0: none), which tell whether
+    the images separate the choice from the trials just behind it."""
 
     num_images: int = field(default=256, metadata=_check(lambda v: v >= 8, "an integer >= 8"))
     num_views: int = field(default=2, metadata=_check(lambda v: v >= 2, "an integer >= 2"))
     seed: int = 0
     views: ViewsConfig | None = None
+    resamples: int = field(default=200, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     # The exponent of the paper's λ-corrected loss ``train/scaled_loss = loss / λ^alpha``.
     alpha: float = field(default=0.4, metadata=_check(_non_negative, "a number >= 0"))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -24,12 +25,12 @@ from torch.utils.data import Dataset
 from .config import LabelFreeConfig, ViewsConfig
 from .data import TensorImages
 from .distributed import all_gather_rows, shard
-from .evaluate import extract_features, labelfree_criteria
+from .evaluate import extract_features, gaussian_mi, labelfree_criteria
 from .metrics import FEATURE_SPACES, OBJECTIVE, labelfree_key, objective
 from .models import LeJEPAModel
 from .views import Augment, concat, select
 
-__all__ = ["LabelFreeSet", "embed_views", "criteria", "measure"]
+__all__ = ["LabelFreeSet", "embed_views", "criteria", "measure", "objective_of", "resampled_objective"]
 
 
 class LabelFreeSet:
@@ -107,3 +108,21 @@ def criteria(features: dict[str, Tensor]) -> dict[str, float]:
 def measure(model: LeJEPAModel, lfset: LabelFreeSet, device: torch.device, amp: torch.dtype | None, batch_size: int = 256) -> dict[str, float]:
     """The label-free criteria and the objective of ``model`` on the set."""
     return criteria(embed_views(model, lfset, device, amp, batch_size))
+
+
+def objective_of(features: dict[str, Tensor]) -> float:
+    """The declared objective of :func:`embed_views`'s features, alone: what
+    ``criteria(features)[OBJECTIVE]`` is, without the other criteria (a test holds them equal)."""
+    backbone = features["backbone"]
+    return gaussian_mi(backbone) if bool(torch.isfinite(backbone).all()) else math.nan
+
+
+def resampled_objective(features: dict[str, Tensor], n: int, seed: int) -> np.ndarray:
+    """The objective on ``n`` resamples of the set's images (``M`` drawn with replacement, each
+    with its views), drawn from ``seed``: two runs on the same set with the same seed draw the
+    same resamples, so their values pair up resample by resample. How often one run's value is
+    above another's says whether the images separate the two, which a single value cannot."""
+    m = features["backbone"].shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    draws = [torch.randint(0, m, (m,), generator=gen) for _ in range(n)]
+    return np.array([objective_of({"backbone": features["backbone"][rows]}) for rows in draws])

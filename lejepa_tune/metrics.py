@@ -39,6 +39,7 @@ __all__ = [
     "FEATURE_SPACES",
     "OBJECTIVE",
     "OBJECTIVE_MODE",
+    "OBJECTIVE_RESAMPLES",
     "LABELFREE_MODES",
     "label_free_modes",
     "criterion_keys",
@@ -47,6 +48,8 @@ __all__ = [
     "scaled_loss",
     "pack_bits",
     "unpack_bits",
+    "pack_floats",
+    "unpack_floats",
 ]
 
 # The training loop, every epoch (means over the epoch's steps and over ranks).
@@ -94,6 +97,9 @@ LABELFREE_MODES = {"gmi": "max", "lidar": "max", "rankme": "max", "inv_ratio": "
 # The declared objective: the key Optuna's TPE, ASHA and the final choice all read.
 OBJECTIVE = "labelfree/objective"
 OBJECTIVE_MODE = "max"
+# After the last epoch: the objective on resamples of the label-free images, the same resamples
+# in every trial of a sweep (a packed float string), which tell a near-tie at the top.
+OBJECTIVE_RESAMPLES = "labelfree/objective_resamples"
 
 
 def criterion_keys() -> dict[str, str]:
@@ -143,6 +149,17 @@ def unpack_bits(text: str) -> np.ndarray:
     """The inverse of :func:`pack_bits`."""
     size, _, data = text.partition(":")
     return np.unpackbits(np.frombuffer(base64.b64decode(data), dtype=np.uint8))[: int(size)].astype(bool)
+
+
+def pack_floats(values: "np.ndarray | list[float]") -> str:
+    """``[0.5, 1.25, ...]`` -> the base64 of their float32 bytes (a metric value that fits a
+    string: 200 values take 1,068 characters)."""
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def unpack_floats(text: str) -> np.ndarray:
+    """The inverse of :func:`pack_floats` (as float64)."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float64)
 
 
 def objective(values: "dict[str, float]") -> float:

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import pyarrow.fs
 
-from .metrics import REFERENCE_CORRECT
+from .metrics import OBJECTIVE_RESAMPLES, REFERENCE_CORRECT
 
 __all__ = [
     "RECORDS_FILE",
@@ -75,6 +75,10 @@ class TrialRecord:
     @property
     def reference_correct(self) -> str | None:
         return self.details.get(REFERENCE_CORRECT)
+
+    @property
+    def objective_resamples(self) -> str | None:
+        return self.details.get(OBJECTIVE_RESAMPLES)
 
 
 @dataclass(frozen=True)

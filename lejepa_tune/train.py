@@ -36,7 +36,7 @@ from .config import Config, OptimConfig, save_config
 from .data import DataSplits, TensorImages, as_tensors, build_datasets
 from .distributed import all_gather_rows, broadcast_object, mean_over_ranks, shard
 from .evaluate import cross_validated_probe, extract_features, knn_accuracy, linear_probe_accuracy
-from .labelfree import LabelFreeSet, measure
+from .labelfree import LabelFreeSet, criteria, embed_views, resampled_objective
 from .losses import LeJEPALoss, SIGReg, SpectralRegularizer
 from .models import LeJEPAModel, build_model
 from .views import MultiViews, build_views, eval_views
@@ -128,7 +128,7 @@ class LocalSink:
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.verbose:
-            shown = {k: v for k, v in metrics.items() if k != M.REFERENCE_CORRECT}
+            shown = {k: v for k, v in metrics.items() if k not in (M.REFERENCE_CORRECT, M.OBJECTIVE_RESAMPLES)}
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
 
     def progress(self, batches: Iterable, total: int, epoch: int) -> Iterable:
@@ -370,9 +370,14 @@ def _device_copy(train_set: Dataset, device: torch.device) -> tuple[Tensor, Tens
 
 def _measure(run: _Run, last: bool) -> dict[str, float | str]:
     """The label-free set (every epoch), the online probe, and after the last epoch the
-    labelled evaluation of the frozen encoder."""
+    objective on resamples of the label-free images and the labelled evaluation of the frozen
+    encoder."""
     t0 = time.perf_counter()
-    out: dict[str, float | str] = dict(measure(run.model, run.lfset, run.device, run.amp, run.cfg.eval.batch_size))
+    lf = run.cfg.labelfree
+    features = embed_views(run.model, run.lfset, run.device, run.amp, run.cfg.eval.batch_size)
+    out: dict[str, float | str] = dict(criteria(features))
+    if last and lf.resamples:
+        out[M.OBJECTIVE_RESAMPLES] = M.pack_floats(resampled_objective(features, lf.resamples, lf.seed))
     out[M.LABELFREE_TIME] = time.perf_counter() - t0
     out[M.ONLINE_ACC] = _online_accuracy(run)
     if last and run.cfg.eval.enabled:

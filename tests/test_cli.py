@@ -94,6 +94,7 @@ CASES = [
     overrides("run-set-batch-too-large", "run", ["train.batch_size=4096"], "base.train.batch_size", "4096 exceeds the 1437 training images"),
     overrides("set-cap-below-batch", "validate", ["data.max_train_samples=32"], "base.train.batch_size", "(data.max_train_samples: 32)"),
     overrides("set-labelfree-too-large", "validate", ["labelfree.num_images=4096"], "base.labelfree.num_images", "4096 exceeds the 1437 training images"),
+    overrides("set-negative-resamples", "validate", ["labelfree.resamples=-1"], "base.labelfree.resamples", "an integer >= 0"),
     overrides("set-local-larger-than-global", "validate", ["views.n_local=2", "views.local_size=64"], "base.views.local_size", "must not exceed"),
     overrides("set-point-outside-range", "validate", ["tune.points_to_evaluate=[{loss.lam: 0.9}]"], "tune.points_to_evaluate[0].loss.lam", "outside the searched"),
     overrides("run-set-zero-epochs", "run", ["train.epochs=0"], "base.train.epochs", "at least 1 epoch (with 0, each only measures its untrained encoder), got 0"),

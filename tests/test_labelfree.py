@@ -4,13 +4,15 @@ own batch size, view counts or seed; and the criteria measured on it, the object
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from lejepa_tune.config import config_from_dict
 from lejepa_tune.data import as_tensors, build_datasets
-from lejepa_tune.labelfree import LabelFreeSet, measure
+from lejepa_tune.labelfree import LabelFreeSet, criteria, embed_views, measure, objective_of, resampled_objective
 from lejepa_tune.metrics import FEATURE_SPACES, LABELFREE_CRITERIA, OBJECTIVE, labelfree_key
 from lejepa_tune.models import build_model
 from tiny import TINY_BASE
@@ -52,3 +54,25 @@ def test_measure_reports_every_criterion_and_the_objective_whatever_the_batch(se
     # Embedding in small batches gives the same numbers (eval mode: no batch statistics).
     pieces = measure(model, lfset, torch.device("cpu"), None, batch_size=7)
     assert pieces == pytest.approx(whole, rel=1e-4, abs=1e-6)
+
+
+def test_the_objective_alone_is_the_criteria_objective(setting):
+    cfg, train, num_classes = setting
+    torch.manual_seed(0)
+    features = embed_views(build_model(cfg.model, num_classes), LabelFreeSet(train, cfg.labelfree, cfg.views), torch.device("cpu"), None)
+    assert objective_of(features) == criteria(features)[OBJECTIVE]
+    assert math.isnan(objective_of({"backbone": torch.full_like(features["backbone"], math.nan)}))
+
+
+def test_resamples_of_the_images_are_drawn_from_the_seed_and_pair_up_between_runs():
+    gen = torch.Generator().manual_seed(0)
+    a = {"backbone": torch.randn(128, 2, 16, generator=gen) + 2.0 * torch.randn(128, 1, 16, generator=gen)}
+    b = {"backbone": a["backbone"] + 0.2 * torch.randn(128, 2, 16, generator=gen)}  # another run, close to the first
+    ra, rb = resampled_objective(a, 100, seed=3), resampled_objective(b, 100, seed=3)
+    assert ra.shape == (100,) and np.array_equal(ra, resampled_objective(a, 100, seed=3))
+    assert not np.array_equal(ra, resampled_objective(a, 100, seed=4))
+    # The values scatter around the whole set's; paired (the same images in both runs), the two
+    # runs' differences scatter far less than either run's values do.
+    assert ra.min() < objective_of(a) < ra.max()
+    assert np.std(ra - rb) < 0.5 * np.std(ra)
+    assert np.std(ra - resampled_objective(b, 100, seed=4)) > 0.9 * np.std(ra)  # unpaired: no such thing

@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from lejepa_tune.cli import main
 from lejepa_tune.config import load_config
 from lejepa_tune.models import build_model
-from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, unpack_bits
+from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_RESAMPLES, REFERENCE_ACC, unpack_bits, unpack_floats
 from lejepa_tune.train import TrainingDiverged, autocast_dtype, epoch_batches, lr_factor, resolve_device, train
 from ranks import free_port
 from tiny import TINY, Recorder, tiny_config
@@ -77,6 +78,11 @@ def test_tiny_run_reports_every_epoch_and_saves_a_loadable_encoder(tmp_path):
     for key in ("eval/linear_acc", "eval/knn_acc", REFERENCE_ACC):
         assert 0 <= final[key] <= 1
     assert len(unpack_bits(final["eval/linear_cv_correct"])) == 128 + 60  # every labelled image, once
+    # After the last epoch only: the objective on resamples of the label-free images.
+    assert OBJECTIVE_RESAMPLES not in sink.reports[0]
+    resamples = unpack_floats(final[OBJECTIVE_RESAMPLES])
+    assert resamples.shape == (cfg.labelfree.resamples,) and np.isfinite(resamples).all()
+    assert resamples.min() < final[OBJECTIVE] < resamples.max()
     ckpt = tmp_path / "run" / "checkpoint"
     model = build_model(load_config(ckpt / "config.yaml").model, num_classes=10)
     model.backbone.load_state_dict(torch.load(ckpt / "encoder.pt"))
@@ -91,6 +97,9 @@ def test_zero_epochs_evaluates_the_untrained_model(tmp_path):
     final = train(cfg, sink)
     assert len(sink.reports) == 1 and final["epoch"] == 0
     assert 0.0 < final[REFERENCE_ACC] <= 1.0 and "train/loss" not in final and OBJECTIVE in final
+    assert OBJECTIVE_RESAMPLES in final
+    unsampled = tiny_config(tmp_path / "none", "train.epochs=0", "labelfree.resamples=0")
+    assert OBJECTIVE_RESAMPLES not in train(unsampled, Recorder(unsampled))
 
 
 def test_a_diverging_run_raises_a_clear_error(tmp_path):
