@@ -35,6 +35,7 @@ import ray
 import ray.tune
 import yaml
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -356,6 +357,10 @@ def run_sweep(
     # Tune writes its experiment state (trials, searcher) every second, so that a driver that
     # dies loses at most that: the default adapts to minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's CSV and JSON results of every trial are kept (``_new_tuner`` asks for them), but
+    # not its TensorBoard logger, which Tune adds unless told not to: its banner points at a
+    # staging directory, and the sweep's metrics are in MLflow.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = ray.tune.with_resources(
         # The trial function only drives its Ray Train run's workers, so it reserves no CPU or
         # GPU; Ray needs a non-empty request, hence a token of logical memory.
@@ -520,7 +525,8 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
 
     mlflow = MLflowTrialCallback(tracker, resolve_trial, checkpointed)
     optuna_url = _optuna_storage(sweep_dir)
-    callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt()]
+    callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt(),
+                 CSVLoggerCallback(), JsonLoggerCallback()]
     if spec.tune.scheduler != "none":
         callbacks.append(_FreeOrphanedWorkers())
     return ray.tune.Tuner(

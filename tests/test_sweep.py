@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lejepa_tune.cli import main
 from lejepa_tune.config import config_from_dict
-from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
+from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, unpack_floats
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
 from lejepa_tune.sweep import (_concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
@@ -168,10 +168,16 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
     assert [t.status for t in records.trials] == ["completed", "completed"]
     frame = ray.tune.ExperimentAnalysis(str(sweep_dir / "tune")).dataframe()
     assert len(frame) == 2 and frame[OBJECTIVE].notna().all()
+    # Tune's CSV and JSON results of each trial, and no TensorBoard files or banner: the metrics
+    # are in MLflow, and the banner named a staging directory.
+    trial_dirs = [d for d in (sweep_dir / "tune").iterdir() if d.is_dir()]
+    assert len(trial_dirs) == 2 and all((d / "progress.csv").is_file() and (d / "result.json").is_file() for d in trial_dirs)
+    assert not list((sweep_dir / "tune").rglob("events.out.tfevents*")) and "tensorboard" not in out.lower()
     lams = sorted(t.params["loss.lam"] for t in records.trials)
     assert lams[0] != lams[1] and 0.01 <= lams[0] <= lams[1] <= 0.5
     for t in records.trials:
         assert t.metrics[REFERENCE_ACC] > 0 and t.reference_correct and t.checkpoint.startswith(str(sweep_dir / "train"))
+        assert unpack_floats(t.objective_resamples).shape == (200,)  # the choice's near-ties are told from these
 
     # The choice is the best objective, printed, and marked in MLflow.
     choice = max(records.trials, key=lambda t: t.metrics[OBJECTIVE])
