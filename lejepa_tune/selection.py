@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .agreement import Agreement, agreement, noise_ceiling
 from .config import FrozenDict
-from .metrics import LABELFREE_MODES, OBJECTIVE_MODE, REFERENCE_ACC, criterion_keys, unpack_bits
+from .metrics import LABELFREE_MODES, OBJECTIVE_MODE, REFERENCE_ACC, criterion_keys, unpack_bits, unpack_floats
 from .records import SweepRecords, TrialRecord
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "default_criterion",
     "scale_group",
     "choose",
+    "NEAR_TIE_LEVEL",
+    "near_ties",
     "SelectionReport",
     "evaluate_criteria",
     "UNRELIABLE",
@@ -175,6 +177,37 @@ def choose(trials: Iterable[TrialRecord], criterion: str) -> TrialRecord | None:
     return best
 
 
+# The choice is tied with a trial whose objective it beats on fewer than this share of the
+# paired resamples of the label-free images.
+NEAR_TIE_LEVEL = 0.95
+
+
+def near_ties(completed: Sequence[TrialRecord], choice: str | None, level: float = NEAR_TIE_LEVEL) -> dict[str, float]:
+    """The completed trials the label-free images do not separate from ``choice``, each with the
+    share of the paired resamples (:data:`~lejepa_tune.metrics.OBJECTIVE_RESAMPLES`) on which the
+    choice's objective is the higher; those it beats on fewer than ``level`` of them. Empty where
+    the choice has no resamples; a trial without them, or with another number, is left out, and
+    so is one equal to the choice on every resample (a configuration tried twice trains the same
+    encoder on a CPU: there is nothing to tell apart)."""
+    pick = next((t for t in completed if t.trial_id == choice), None)
+    if pick is None or not pick.objective_resamples:
+        return {}
+    mine = unpack_floats(pick.objective_resamples)
+    ties = {}
+    for trial in completed:
+        if trial is pick or not trial.objective_resamples:
+            continue
+        theirs = unpack_floats(trial.objective_resamples)
+        if theirs.shape != mine.shape or np.array_equal(mine, theirs):  # equal on every resample: the same encoder (a repeated configuration)
+            continue
+        paired = np.isfinite(mine) & np.isfinite(theirs)  # a collapsed encoder's objective is nan
+        if paired.any():
+            share = float(np.mean(mine[paired] > theirs[paired]))
+            if share < level:
+                ties[trial.trial_id] = share
+    return ties
+
+
 @dataclass(frozen=True)
 class SelectionReport:
     """Every criterion evaluated on one sweep.
@@ -185,7 +218,9 @@ class SelectionReport:
     compares this sweep's trials; ``default`` and ``reason``: the criterion the choice uses
     and why; ``noise_ceiling``: the Spearman ρ a perfect criterion would reach against the
     reference's own sampling noise; ``best_by_reference``: the labelled oracle's pick, for
-    reference only; ``not_completed``: the other trials and their status.
+    reference only; ``not_completed``: the other trials and their status; ``near_ties``: the
+    trials the label-free images do not separate from the choice (see :func:`near_ties`), with
+    the share of resamples on which the choice is the higher.
     """
 
     sweep: str
@@ -201,6 +236,7 @@ class SelectionReport:
     noise_ceiling: float
     best_by_reference: str | None
     not_completed: Mapping[str, str]
+    near_ties: Mapping[str, float] = field(default_factory=FrozenDict)
 
     @property
     def choice(self) -> str | None:
@@ -230,6 +266,9 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
     finite = [(a, t.trial_id) for a, t in zip(acc, completed) if math.isfinite(a)]
     best = max(finite, key=lambda pair: pair[0])[1] if finite else None  # the first best
     default, reason = default_criterion(records.spec)
+    valid = criterion_validity(searched)
+    # The resamples are the objective's, and pair up only between trials measured on one set.
+    ties = near_ties(completed, picks[default]) if default == "objective" and valid[default].valid else {}
     return SelectionReport(
         sweep=records.name,
         criteria=tuple(CRITERIA),
@@ -237,13 +276,14 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
         values=FrozenDict(values),
         picks=FrozenDict(picks),
         agreements=FrozenDict(agreements),
-        validity=FrozenDict(criterion_validity(searched)),
+        validity=FrozenDict(valid),
         default=default,
         reason=reason,
         reference=REFERENCE_ACC,
         noise_ceiling=_ceiling(completed, n_boot, seed),
         best_by_reference=best,
         not_completed=FrozenDict((t.trial_id, t.status) for t in trials if t.status != "completed"),
+        near_ties=FrozenDict(ties),
     )
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import pytest
+
 from lejepa_tune.analysis import agreement_rows, analyse, headline_metrics
+from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_RESAMPLES, pack_floats
 from tiny import synthetic_records
 
 
@@ -30,3 +34,25 @@ def test_headline_metrics_are_few_rounded_and_finite():
     assert set(metrics) >= {"selection/objective/spearman", "selection/objective/kendall", "selection/objective/regret", "selection/noise_ceiling"}
     assert len(metrics) <= 10
     assert all(round(v, 4) == v for v in metrics.values())
+
+
+def test_a_near_tie_at_the_top_is_warned_about_with_the_trials_how_far_behind_and_how_often_beaten():
+    records = synthetic_records()
+    choice = analyse(records, n_boot=20).choice
+    values = {t.trial_id: t.metrics[OBJECTIVE] for t in records.trials if t.status == "completed"}
+    runner_up = sorted(values, key=values.get)[-2]
+    rng = np.random.default_rng(1)
+    base = rng.normal(values[choice], 0.3, 200)
+    resamples = {choice: base, runner_up: base - 0.05 + rng.normal(0, 0.3, 200)}
+    resamples.update({tid: base - 5.0 for tid in values if tid not in resamples})  # the rest, well behind
+    tied = dataclasses.replace(records, trials=tuple(
+        dataclasses.replace(t, details={**t.details, OBJECTIVE_RESAMPLES: pack_floats(resamples[t.trial_id])}) if t.trial_id in values else t
+        for t in records.trials))
+    a = analyse(tied, n_boot=20)
+    share = float(np.mean(resamples[choice] > resamples[runner_up]))
+    gap = (values[choice] - values[runner_up]) / values[choice]
+    assert a.selection.near_ties == {runner_up: pytest.approx(share)}
+    assert a.warnings == (f"the choice is a near-tie: on resamples of the label-free images its objective is not reliably above that of "
+                          f"trial {runner_up} ({gap:.1%} lower, the choice higher on {share:.0%} of the resamples); where a few labels can be "
+                          f"had, compare the two with a probe",)
+    assert analyse(records, n_boot=20).warnings == ()  # no resamples, no word

@@ -3,14 +3,24 @@ label-free choice, and every criterion judged against the reference on hand-made
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, pack_bits
+from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_RESAMPLES, REFERENCE_ACC, REFERENCE_CORRECT, pack_bits, pack_floats
 from lejepa_tune.records import SweepRecords, TrialRecord
-from lejepa_tune.selection import CRITERIA, choose, criterion_validity, default_criterion, evaluate_criteria, reliability_warnings
+from lejepa_tune.selection import (
+    CRITERIA,
+    NEAR_TIE_LEVEL,
+    choose,
+    criterion_validity,
+    default_criterion,
+    evaluate_criteria,
+    near_ties,
+    reliability_warnings,
+)
 
 
 def test_every_criterion_reads_a_label_free_metric():
@@ -96,3 +106,33 @@ def test_reliability_warnings_only_for_the_objective_and_known_weak_spots(monkey
     ]
     assert reliability_warnings(["loss.lam"], "objective") == []
     assert reliability_warnings(["views.n_global"], "loss") == []
+
+
+def with_resamples(trial, values):
+    return dataclasses.replace(trial, details={**trial.details, OBJECTIVE_RESAMPLES: pack_floats(values)})
+
+
+def test_near_ties_are_the_trials_the_choice_does_not_beat_on_enough_paired_resamples():
+    rng = np.random.default_rng(0)
+    base = rng.normal(20.0, 0.5, 200)  # the choice's objective on 200 resamples of the images
+    close = base - 0.1 + rng.normal(0, 0.2, 200)  # a little lower, but not on every resample
+    far = base - 2.0  # lower on every resample
+    trials = [with_resamples(rec("pick", labelfree__objective=20.0), base), with_resamples(rec("close", labelfree__objective=19.9), close),
+              with_resamples(rec("far", labelfree__objective=18.0), far), rec("none", labelfree__objective=19.95),
+              with_resamples(rec("other_n", labelfree__objective=19.99), base[:100] - 0.01),
+              with_resamples(rec("collapsed", labelfree__objective=math.nan), np.full(200, math.nan)),
+              with_resamples(rec("again", labelfree__objective=20.0), base)]  # the choice's configuration, tried again
+    ties = near_ties(trials, "pick")
+    share = float(np.mean(base > close))
+    # "none", "other_n" and "collapsed" cannot be paired with the choice; "again" is the same encoder.
+    assert 0.5 < share < NEAR_TIE_LEVEL and ties == {"close": pytest.approx(share)}
+    assert near_ties(trials, "pick", level=share) == {}  # the level is strict: beating on that share is enough
+    assert near_ties([rec("pick", labelfree__objective=20.0), *trials[1:]], "pick") == {}  # a choice without resamples
+    # In a sweep's evaluation: for the objective only, and where it compares the trials.
+    records = SweepRecords("s", {"search": {"loss.lam": {}}}, tuple(trials), "/tmp/s")
+    assert evaluate_criteria(records, n_boot=20).near_ties == {"close": pytest.approx(share)}
+    across_sets = SweepRecords("s", {"search": {"labelfree.num_images": {}}}, tuple(trials), "/tmp/s")
+    assert evaluate_criteria(across_sets, n_boot=20).near_ties == {}
+    by_loss = SweepRecords("s", {"search": {"loss.lam": {}}, "selection": {"criterion": "scaled_loss"}},
+                           tuple(dataclasses.replace(t, metrics={**t.metrics, "train/scaled_loss": 1.0}) for t in trials), "/tmp/s")
+    assert evaluate_criteria(by_loss, n_boot=20).near_ties == {}
