@@ -246,7 +246,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     from .export import export_encoder
     from .pipeline import load_records
-    from .selection import CRITERIA, choose, criterion_validity, default_criterion
+    from .selection import CRITERIA, choose, criterion_validity, default_criterion, near_ties
 
     _check_directory("--export", args.export)
     records = load_records(args.sweep, args.tracking_uri)
@@ -263,11 +263,18 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if trial.checkpoint is None:
         print(f"lejepa-tune: error: trial {trial.trial_id} has no checkpoint", file=sys.stderr)
         return 1
+    completed = [t for t in records.trials if t.status == "completed"]
+    ties = near_ties(completed, trial.trial_id) if criterion == "objective" and validity.valid else {}
     selection = {
         "sweep": records.sweep_dir, "trial_id": trial.trial_id, "criterion": criterion,
         "value": CRITERIA[criterion].value(trial), "params": dict(trial.params), "checkpoint": trial.checkpoint,
+        "near_ties": ties,
     }
     export_encoder(trial.checkpoint, args.export, selection)
+    if ties:
+        print(f"warning: a near-tie: the label-free images do not separate trial {trial.trial_id} from trial{'s' if len(ties) > 1 else ''} "
+              f"{', '.join(ties)}; where a few labels can be had, compare them with a probe (`lejepa-tune report` shows how close)",
+              file=sys.stderr)
     print(f"Chosen by {criterion} (no labels): trial {trial.trial_id} {dict(trial.params)}")
     print(f"Exported to {args.export}: encoder.pt (timm backbone state dict), projector.pt, config.yaml, selection.json,")
     print(f"  and timm's layout: timm.create_model('local-dir:{args.export}', pretrained=True, num_classes=0)")

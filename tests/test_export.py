@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import timm
 import torch
 from tiny import TINY_BASE
 
+from lejepa_tune.cli import main
 from lejepa_tune.config import config_from_dict
 from lejepa_tune.export import export_encoder, fetch_checkpoint
+from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_RESAMPLES, pack_floats
 from lejepa_tune.models import create_backbone
+from lejepa_tune.records import SweepRecords, TrialRecord, write_records
 from lejepa_tune.train import LocalSink, train
 
 
@@ -45,3 +49,22 @@ def test_a_missing_or_incomplete_checkpoint_is_named(checkpoint, tmp_path):
     (partial / "encoder.pt").write_bytes((checkpoint / "encoder.pt").read_bytes())
     with pytest.raises(FileNotFoundError, match=r"partial: the checkpoint lacks projector\.pt, config\.yaml$"):
         export_encoder(str(partial), tmp_path / "out", {})
+
+
+def test_select_exports_the_choice_and_names_its_near_ties(checkpoint, tmp_path, capsys):
+    """`select` on a finished sweep whose choice the label-free images do not separate from
+    another trial: it exports the choice, warns on stderr naming the other, and writes both in
+    selection.json."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(20.0, 0.5, 200)
+    trials = [
+        TrialRecord(tid, "completed", {"loss.lam": lam}, {OBJECTIVE: obj}, {OBJECTIVE_RESAMPLES: pack_floats(values)}, checkpoint=str(checkpoint), epochs=1)
+        for tid, lam, obj, values in [("a", 0.02, 20.0, base), ("b", 0.05, 19.9, base - 0.1 + rng.normal(0, 0.3, 200)), ("c", 0.5, 15.0, base - 5)]
+    ]
+    sweep = tmp_path / "sweep"
+    write_records(SweepRecords("s", {"search": {"loss.lam": {}}}, tuple(trials), str(sweep)))
+    assert main(["select", str(sweep), "--export", str(tmp_path / "chosen")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: a near-tie: the label-free images do not separate trial a from trial b;"), err
+    selection = json.loads((tmp_path / "chosen" / "selection.json").read_text())
+    assert selection["trial_id"] == "a" and set(selection["near_ties"]) == {"b"} and 0.5 < selection["near_ties"]["b"] < 0.95
