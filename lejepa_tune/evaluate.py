@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -392,20 +392,26 @@ def sigreg_distance(feats: Tensor, num_slices: int = 64, num_knots: int = 17, t_
     return float((err @ (trapezoid * phi)).mean())
 
 
-def labelfree_criteria(feats: Tensor) -> dict[str, float]:
-    """Every label-free criterion of view features ``(M, q, D)``, by name (see
-    :data:`lejepa_tune.metrics.LABELFREE_CRITERIA`). ``nan`` where one is undefined (e.g.
-    non-finite features of a diverged encoder)."""
+# Every label-free criterion of view features, by name, in the order of
+# :data:`lejepa_tune.metrics.LABELFREE_CRITERIA`.
+_CRITERIA: dict[str, Callable[[Tensor], float]] = {
+    "gmi": gaussian_mi,
+    "lidar": lidar,
+    "rankme": lambda f: rankme(f.reshape(-1, f.shape[-1])),
+    "inv_ratio": invariance_ratio,
+    "view_nn": view_nn_accuracy,
+    "sigreg": sigreg_distance,
+    # Scale-bearing, unlike the rest: about 0 when the features collapse to a point.
+    "std": lambda f: float(f.reshape(-1, f.shape[-1]).std(0).mean()),
+}
+
+
+def labelfree_criteria(feats: Tensor, names: Sequence[str] | None = None) -> dict[str, float]:
+    """The label-free criteria of view features ``(M, q, D)``, by name (see
+    :data:`lejepa_tune.metrics.LABELFREE_CRITERIA`): every one, or only ``names``. ``nan`` where
+    one is undefined (e.g. non-finite features of a diverged encoder)."""
     f = _check_views(feats)
+    names = tuple(_CRITERIA) if names is None else tuple(names)
     if not torch.isfinite(f).all():
-        return dict.fromkeys(("gmi", "lidar", "rankme", "inv_ratio", "view_nn", "sigreg", "std"), math.nan)
-    return {
-        "gmi": gaussian_mi(f),
-        "lidar": lidar(f),
-        "rankme": rankme(f.reshape(-1, f.shape[-1])),
-        "inv_ratio": invariance_ratio(f),
-        "view_nn": view_nn_accuracy(f),
-        "sigreg": sigreg_distance(f),
-        # Scale-bearing, unlike the rest: about 0 when the features collapse to a point.
-        "std": float(f.reshape(-1, f.shape[-1]).std(0).mean()),
-    }
+        return dict.fromkeys(names, math.nan)
+    return {name: _CRITERIA[name](f) for name in names}

@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from .config import LabelFreeConfig, ViewsConfig
 from .data import TensorImages
 from .distributed import all_gather_rows, shard
-from .evaluate import extract_features, gaussian_mi, labelfree_criteria
-from .metrics import FEATURE_SPACES, OBJECTIVE, labelfree_key, objective
+from .evaluate import extract_features, labelfree_criteria
+from .metrics import FEATURE_SPACES, OBJECTIVE, OBJECTIVE_SOURCE, labelfree_key, objective
 from .models import LeJEPAModel
 from .views import Augment, concat, select
 
@@ -113,8 +113,9 @@ def measure(model: LeJEPAModel, lfset: LabelFreeSet, device: torch.device, amp: 
 def objective_of(features: dict[str, Tensor]) -> float:
     """The declared objective of :func:`embed_views`'s features, alone: what
     ``criteria(features)[OBJECTIVE]`` is, without the other criteria (a test holds them equal)."""
-    backbone = features["backbone"]
-    return gaussian_mi(backbone) if bool(torch.isfinite(backbone).all()) else math.nan
+    space, name = OBJECTIVE_SOURCE
+    value = labelfree_criteria(features[space], (name,))[name]
+    return value if math.isfinite(value) else math.nan
 
 
 def resampled_objective(features: dict[str, Tensor], n: int, seed: int) -> np.ndarray:
@@ -122,7 +123,8 @@ def resampled_objective(features: dict[str, Tensor], n: int, seed: int) -> np.nd
     with its views), drawn from ``seed``: two runs on the same set with the same seed draw the
     same resamples, so their values pair up resample by resample. How often one run's value is
     above another's says whether the images separate the two, which a single value cannot."""
-    m = features["backbone"].shape[0]
+    space = OBJECTIVE_SOURCE[0]
+    m = features[space].shape[0]
     gen = torch.Generator().manual_seed(seed)
     draws = [torch.randint(0, m, (m,), generator=gen) for _ in range(n)]
-    return np.array([objective_of({"backbone": features["backbone"][rows]}) for rows in draws])
+    return np.array([objective_of({space: features[space][rows]}) for rows in draws])

@@ -39,6 +39,7 @@ __all__ = [
     "FEATURE_SPACES",
     "OBJECTIVE",
     "OBJECTIVE_MODE",
+    "OBJECTIVE_SOURCE",
     "OBJECTIVE_RESAMPLES",
     "LABELFREE_MODES",
     "label_free_modes",
@@ -94,9 +95,11 @@ def labelfree_key(space: str, name: str) -> str:
 # Whether a larger value of each label-free criterion is better.
 LABELFREE_MODES = {"gmi": "max", "lidar": "max", "rankme": "max", "inv_ratio": "min", "view_nn": "max", "sigreg": "min", "std": "max"}
 
-# The declared objective: the key Optuna's TPE, ASHA and the final choice all read.
+# The declared objective: the key Optuna's TPE, ASHA and the final choice all read; it is the
+# criterion ``OBJECTIVE_SOURCE`` (a feature space and a criterion's name).
 OBJECTIVE = "labelfree/objective"
 OBJECTIVE_MODE = "max"
+OBJECTIVE_SOURCE = ("backbone", "gmi")
 # After the last epoch: the objective on resamples of the label-free images, the same resamples
 # in every trial of a sweep (a packed float string), which tell a near-tie at the top.
 OBJECTIVE_RESAMPLES = "labelfree/objective_resamples"
@@ -165,4 +168,4 @@ def unpack_floats(text: str) -> np.ndarray:
 def objective(values: "dict[str, float]") -> float:
     """The declared label-free objective from the label-free criteria of one measurement
     (higher is better; see :data:`OBJECTIVE`)."""
-    return float(values[labelfree_key("backbone", "gmi")])
+    return float(values[labelfree_key(*OBJECTIVE_SOURCE)])

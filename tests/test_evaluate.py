@@ -294,8 +294,11 @@ def test_labelfree_criteria_names_and_a_diverged_encoder():
 
     values = labelfree_criteria(views_of(2.0, 1.0))
     assert tuple(values) == LABELFREE_CRITERIA and all(math.isfinite(v) for v in values.values())
+    # Some of them alone: the same values, in the order asked for.
+    assert labelfree_criteria(views_of(2.0, 1.0), ("std", "gmi")) == {"std": values["std"], "gmi": values["gmi"]}
     bad = views_of(2.0, 1.0)
     bad[0, 0, 0] = math.nan
     assert all(math.isnan(v) for v in labelfree_criteria(bad).values())
+    assert labelfree_criteria(bad, ("gmi",)) == {"gmi": pytest.approx(math.nan, nan_ok=True)}
     with pytest.raises(ValueError, match="view features"):
         labelfree_criteria(torch.randn(10, 1, 4))
