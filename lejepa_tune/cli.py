@@ -264,7 +264,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"lejepa-tune: error: trial {trial.trial_id} has no checkpoint", file=sys.stderr)
         return 1
     completed = [t for t in records.trials if t.status == "completed"]
-    ties = near_ties(completed, trial.trial_id) if criterion == "objective" and validity.valid else {}
+    ties = near_ties(completed, trial.trial_id, criterion, records.spec.get("search", {}))
     selection = {
         "sweep": records.sweep_dir, "trial_id": trial.trial_id, "criterion": criterion,
         "value": CRITERIA[criterion].value(trial), "params": dict(trial.params), "checkpoint": trial.checkpoint,

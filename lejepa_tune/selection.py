@@ -182,13 +182,19 @@ def choose(trials: Iterable[TrialRecord], criterion: str) -> TrialRecord | None:
 NEAR_TIE_LEVEL = 0.95
 
 
-def near_ties(completed: Sequence[TrialRecord], choice: str | None, level: float = NEAR_TIE_LEVEL) -> dict[str, float]:
-    """The completed trials the label-free images do not separate from ``choice``, each with the
-    share of the paired resamples (:data:`~lejepa_tune.metrics.OBJECTIVE_RESAMPLES`) on which the
-    choice's objective is the higher; those it beats on fewer than ``level`` of them. Empty where
-    the choice has no resamples; a trial without them, or with another number, is left out, and
-    so is one equal to the choice on every resample (a configuration tried twice trains the same
-    encoder on a CPU: there is nothing to tell apart)."""
+def near_ties(completed: Sequence[TrialRecord], choice: str | None, criterion: str = "objective", searched: Iterable[str] = (),
+              level: float = NEAR_TIE_LEVEL) -> dict[str, float]:
+    """The completed trials the label-free images do not separate from ``choice``, the pick of
+    ``criterion`` in a sweep that searches the ``searched`` keys, each with the share of the
+    paired resamples (:data:`~lejepa_tune.metrics.OBJECTIVE_RESAMPLES`) on which the choice's
+    objective is the higher; those it beats on fewer than ``level`` of them. Empty unless the
+    criterion is the objective and valid for the sweep (the resamples are the objective's, and
+    pair up only between trials measured on one set), and where the choice has no resamples; a
+    trial without them, or with another number, is left out, and so is one equal to the choice
+    on every resample (a configuration tried twice trains the same encoder on a CPU: there is
+    nothing to tell apart)."""
+    if criterion != "objective" or not criterion_validity(searched)[criterion].valid:
+        return {}
     pick = next((t for t in completed if t.trial_id == choice), None)
     if pick is None or not pick.objective_resamples:
         return {}
@@ -267,8 +273,6 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
     best = max(finite, key=lambda pair: pair[0])[1] if finite else None  # the first best
     default, reason = default_criterion(records.spec)
     valid = criterion_validity(searched)
-    # The resamples are the objective's, and pair up only between trials measured on one set.
-    ties = near_ties(completed, picks[default]) if default == "objective" and valid[default].valid else {}
     return SelectionReport(
         sweep=records.name,
         criteria=tuple(CRITERIA),
@@ -283,7 +287,7 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
         noise_ceiling=_ceiling(completed, n_boot, seed),
         best_by_reference=best,
         not_completed=FrozenDict((t.trial_id, t.status) for t in trials if t.status != "completed"),
-        near_ties=FrozenDict(ties),
+        near_ties=FrozenDict(near_ties(completed, picks[default], default, searched)),
     )
 
 

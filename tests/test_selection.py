@@ -128,6 +128,9 @@ def test_near_ties_are_the_trials_the_choice_does_not_beat_on_enough_paired_resa
     assert 0.5 < share < NEAR_TIE_LEVEL and ties == {"close": pytest.approx(share)}
     assert near_ties(trials, "pick", level=share) == {}  # the level is strict: beating on that share is enough
     assert near_ties([rec("pick", labelfree__objective=20.0), *trials[1:]], "pick") == {}  # a choice without resamples
+    # Only for the objective, and where it compares the trials (not across label-free sets).
+    assert near_ties(trials, "pick", "scaled_loss") == {} and near_ties(trials, "pick", searched=["labelfree.num_images"]) == {}
+    assert near_ties(trials, "pick", "objective", ["loss.lam"]) == {"close": pytest.approx(share)}
     # In a sweep's evaluation: for the objective only, and where it compares the trials.
     records = SweepRecords("s", {"search": {"loss.lam": {}}}, tuple(trials), "/tmp/s")
     assert evaluate_criteria(records, n_boot=20).near_ties == {"close": pytest.approx(share)}
