@@ -14,9 +14,9 @@ from .config import ConfigError
 from .metrics import OBJECTIVE
 from .records import RECORDS_FILE, SweepRecords, read_records, trial_label
 from .report import correlation, regret_points, write_report
-from .tracking import CHOSEN_TAG, ROLE_TAG, check_tracking_uri, open_client, resolve_tracking_uri
+from .tracking import CHOSEN_TAG, NEAR_TIE_TAG, ROLE_TAG, check_tracking_uri, open_client, resolve_tracking_uri
 
-__all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
+__all__ = ["publish", "describe", "load_records", "analyse_and_report", "CHOSEN_TAG", "NEAR_TIE_TAG", "CRITERION_TAG", "CHOICE_TAG", "NOTE_TAG"]
 
 CRITERION_TAG = "lejepa_tune.criterion"
 CHOICE_TAG = "lejepa_tune.choice"
@@ -25,8 +25,9 @@ NOTE_TAG = "mlflow.note.content"  # the description MLflow shows on a run's page
 
 def publish(analysis: SweepAnalysis | None, records: SweepRecords, report_dir: Path | None) -> None:
     """Puts the analysis on the sweep's MLflow parent run: the headline agreement metrics, the
-    criterion and the choice as tags (and ``lejepa_tune.chosen=true`` on the chosen trial's own
-    run), the full agreement table, the report and the records as artifacts."""
+    criterion and the choice as tags (``lejepa_tune.chosen=true`` on the chosen trial's own run,
+    and on each near-tie's run ``lejepa_tune.near_tie``, the share of the resamples on which the
+    choice is the higher), the full agreement table, the report and the records as artifacts."""
     if records.tracking_uri is None or records.parent_run_id is None:
         return
     client = open_client(records.tracking_uri)
@@ -47,6 +48,10 @@ def publish(analysis: SweepAnalysis | None, records: SweepRecords, report_dir: P
     chosen = next((t for t in records.trials if t.trial_id == sel.choice), None)
     if chosen is not None and chosen.run_id:
         client.set_tag(chosen.run_id, CHOSEN_TAG, "true")
+    runs = {t.trial_id: t.run_id for t in records.trials}
+    for trial_id, share in sel.near_ties.items():
+        if runs.get(trial_id):
+            client.set_tag(runs[trial_id], NEAR_TIE_TAG, f"{share:.2f}")
     if report_dir is not None:
         client.log_artifacts(parent, str(report_dir), "selection")
 

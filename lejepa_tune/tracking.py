@@ -40,6 +40,7 @@ __all__ = [
     "CHECKPOINT_TAG",
     "ERROR_TAG",
     "CHOSEN_TAG",
+    "NEAR_TIE_TAG",
     "resolve_tracking_uri",
     "open_client",
     "check_tracking_uri",
@@ -55,6 +56,9 @@ TRIAL_ID_TAG = "lejepa_tune.trial_id"
 CHECKPOINT_TAG = "lejepa_tune.checkpoint_uri"
 ERROR_TAG = "lejepa_tune.error"
 CHOSEN_TAG = "lejepa_tune.chosen"  # "true" on the run of the trial chosen without labels
+# On the run of each trial the label-free images do not separate from the choice (a near-tie):
+# the share of the paired resamples on which the choice's objective is the higher ("0.77").
+NEAR_TIE_TAG = "lejepa_tune.near_tie"
 VIEW_KEY = "lejepa_tune"
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
@@ -223,9 +227,11 @@ class SweepTracker:
     def share_view(self, searched: list[str], metric: str, mode: str, reference: str) -> str:
         """Saves a view of the experiment's runs table (MLflow's shared view state, an
         experiment tag): the searched values and the metric as columns, runs sorted by the
-        metric, the choice's tag. Returns the key that opens it (``viewStateShareKey``)."""
+        metric, the choice's tag and the near-ties'. Returns the key that opens it
+        (``viewStateShareKey``)."""
         state = {
-            "selectedColumns": [*(f"params.`{k}`" for k in searched), f"metrics.`{metric}`", f"metrics.`{reference}`", f"tags.`{CHOSEN_TAG}`"],
+            "selectedColumns": [*(f"params.`{k}`" for k in searched), f"metrics.`{metric}`", f"metrics.`{reference}`", f"tags.`{CHOSEN_TAG}`",
+                                f"tags.`{NEAR_TIE_TAG}`"],
             "orderByKey": f"metrics.`{metric}`",
             "orderByAsc": mode == "min",
         }

@@ -17,7 +17,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import trial_label
 from lejepa_tune.report import write_report
 from ranks import free_port
-from tiny import REPORT_FIGURES, mlflow_server_env, stop_tree, tracked_records, wait_for
+from tiny import REPORT_FIGURES, mlflow_server_env, stop_tree, tracked_records, wait_for, with_near_tie
 
 
 def test_the_report_page_shows_every_image_and_fits_the_page(browser, synthetic_report, tmp_path):
@@ -37,6 +37,7 @@ def test_the_report_page_shows_every_image_and_fits_the_page(browser, synthetic_
 def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser, tmp_path, mlflow_uri):
     uri = mlflow_uri
     tracker, records = tracked_records(uri, 6, "ui_sweep", str(tmp_path / "sweep"))
+    records = with_near_tie(records)
     analysis = analyse(records, n_boot=100)
     publish(analysis, records, write_report(analysis, tmp_path / "report")["html"].parent)
 
@@ -46,14 +47,14 @@ def test_the_mlflow_ui_opens_on_the_runs_table_named_by_searched_values(browser,
                               env=mlflow_server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/health")
-        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page = browser.new_page(viewport={"width": 1920, "height": 950})  # a full-HD screen: the tag columns in view beside MLflow's assistant
         tracker.share_view(["loss.lam", "optim.lr"], OBJECTIVE, "max", REFERENCE_ACC)
         page.goto(tracker.ui_link(f"http://127.0.0.1:{port}"))  # the link the sweep prints
         chosen = next(t for t in records.trials if t.trial_id == analysis.choice)
         page.get_by_text(trial_label(chosen.params)).first.wait_for(timeout=90_000)  # children named by their values
         body = page.inner_text("body")
         assert "Model training" in body and "Sort: labelfree/objective" in body  # the runs table, sorted by the objective
-        for column in ("loss.lam", "optim.lr", "labelfree/object", "eval/linear_acc"):
+        for column in ("loss.lam", "optim.lr", "labelfree/object", "eval/linear_acc", "lejepa_tune.chosen", "lejepa_tune.near_tie"):
             assert column in body, column
         page.screenshot(path=str(tmp_path / "mlflow_runs.png"))
         page.goto(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}?workflowType=machine_learning")

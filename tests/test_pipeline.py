@@ -9,19 +9,20 @@ from dataclasses import replace
 
 import pytest
 from mlflow import MlflowClient
-from tiny import new_tracking_db, tracked_records
+from tiny import new_tracking_db, tracked_records, with_near_tie
 
 from lejepa_tune.config import ConfigError
-from lejepa_tune.pipeline import CHOICE_TAG, CHOSEN_TAG, CRITERION_TAG, NOTE_TAG, analyse_and_report, describe, load_records, publish
+from lejepa_tune.pipeline import CHOICE_TAG, CHOSEN_TAG, CRITERION_TAG, NEAR_TIE_TAG, NOTE_TAG, analyse_and_report, describe, load_records, publish
 from lejepa_tune.records import RECORDS_FILE, trial_label, write_records
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, mlflow_template):
-    """A tracked synthetic sweep, analysed, reported and published."""
+    """A tracked synthetic sweep whose choice has a near-tie, analysed, reported and published."""
     root = tmp_path_factory.mktemp("pipeline")
     uri = new_tracking_db(mlflow_template, root)
     _, records = tracked_records(uri, 8, "pipe", str(root / "sweep"))
+    records = with_near_tie(records)
     analysis, files = analyse_and_report(records, root / "report")
     publish(analysis, records, files["html"].parent)
     return records, analysis, MlflowClient(uri)
@@ -36,6 +37,11 @@ def test_the_sweep_run_carries_the_choice_and_only_the_chosen_trial_is_marked(pu
     assert parent.data.metrics["selection/objective/regret"] == round(analysis.selection.agreements["objective"].regret, 4)
     marked = [t.trial_id for t in records.trials if client.get_run(t.run_id).data.tags.get(CHOSEN_TAG) == "true"]
     assert marked == [analysis.choice]
+    # The near-tie's run says so, with the share of the resamples on which the choice is higher.
+    (tie, share), = analysis.selection.near_ties.items()
+    tagged = {t.trial_id: client.get_run(t.run_id).data.tags.get(NEAR_TIE_TAG) for t in records.trials if t.run_id}
+    assert {k: v for k, v in tagged.items() if v is not None} == {tie: f"{share:.2f}"}
+    assert "**Warning:** the choice is a near-tie" in parent.data.tags[NOTE_TAG]
     artifacts = {a.path for a in client.list_artifacts(records.parent_run_id)}
     assert {RECORDS_FILE, "selection"} <= artifacts
     shown = {a.path for a in client.list_artifacts(records.parent_run_id, "selection")}

@@ -1,8 +1,8 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
 few slices), as a base config, as ``--set`` overrides and as a config training into a test's
 directory, a sink that keeps every epoch's report, hand-made sweep records and Ray
-Train checkpoint directories, one run trained the way a trial's worker trains it, a search-space file over the tiny base, a
-copy of a tracking database, the figures a full report shows, the environment for an MLflow server, and a way to stop a server with everything it started.
+Train checkpoint directories, one run trained the way a trial's worker trains it, a search-space file over the tiny base, hand-made
+resamples with a near-tie, a copy of a tracking database, the figures a full report shows, the environment for an MLflow server, and a way to stop a server with everything it started.
 (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that the
 spawned processes start fast.)"""
 
@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from lejepa_tune.config import flatten_dict, load_config
-from lejepa_tune.metrics import EPOCH, FEATURE_SPACES, LABELFREE_CRITERIA, LOSS, OBJECTIVE, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits
+from lejepa_tune.metrics import (EPOCH, FEATURE_SPACES, LABELFREE_CRITERIA, LOSS, OBJECTIVE, OBJECTIVE_RESAMPLES, REFERENCE_ACC, REFERENCE_CORRECT, labelfree_key, pack_bits,
+                                 pack_floats)
 from lejepa_tune.records import SweepRecords, TrialRecord
 from lejepa_tune.train import LocalSink, train
 
@@ -100,6 +101,20 @@ def synthetic_records(n: int = 8, seed: int = 0, name: str = "synthetic") -> Swe
     spec = {"name": name, "base": {"loss": {"lam": 0.05}}, "search": {"loss.lam": {"type": "loguniform", "low": 0.005, "high": 0.5},
             "optim.lr": {"type": "loguniform", "low": 3e-4, "high": 5e-3}}, "selection": {"criterion": "auto"}}
     return SweepRecords(name, spec, tuple(trials), "/nonexistent/sweep")
+
+
+def with_near_tie(records: SweepRecords, seed: int = 0) -> SweepRecords:
+    """``records`` whose completed trials carry the objective on 200 resamples: each trial its
+    objective plus a scatter shared by all (so that two trials keep their order on every
+    resample), except the runner-up by the objective, whose values scatter around the best
+    trial's, just below it: a near-tie of the choice."""
+    ranked = sorted((t for t in records.trials if t.status == "completed"), key=lambda t: -t.metrics[OBJECTIVE])
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0.0, 0.5, 200)
+    values = {t.trial_id: t.metrics[OBJECTIVE] + shared for t in ranked}
+    values[ranked[1].trial_id] = ranked[0].metrics[OBJECTIVE] - 0.05 + shared + rng.normal(0.0, 0.3, 200)
+    return replace(records, trials=tuple(
+        replace(t, details={**t.details, OBJECTIVE_RESAMPLES: pack_floats(values[t.trial_id])}) if t.trial_id in values else t for t in records.trials))
 
 
 # The figures of a report whose records have something for each to show, in the page's order.
