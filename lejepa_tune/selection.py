@@ -190,9 +190,10 @@ def near_ties(completed: Sequence[TrialRecord], choice: str | None, criterion: s
     objective is the higher; those it beats on fewer than ``level`` of them. Empty unless the
     criterion is the objective and valid for the sweep (the resamples are the objective's, and
     pair up only between trials measured on one set), and where the choice has no resamples; a
-    trial without them, or with another number, is left out, and so is one equal to the choice
-    on every resample (a configuration tried twice trains the same encoder on a CPU: there is
-    nothing to tell apart)."""
+    trial without them, or with another number, is left out, and so is a repeat of the choice:
+    a trial with its searched values, or equal to it on every resample (a configuration tried
+    twice trains the same encoder on a CPU, and nearly the same on a GPU: there is nothing to
+    tell apart)."""
     if criterion != "objective" or not criterion_validity(searched)[criterion].valid:
         return {}
     pick = next((t for t in completed if t.trial_id == choice), None)
@@ -204,7 +205,7 @@ def near_ties(completed: Sequence[TrialRecord], choice: str | None, criterion: s
         if trial is pick or not trial.objective_resamples:
             continue
         theirs = unpack_floats(trial.objective_resamples)
-        if theirs.shape != mine.shape or np.array_equal(mine, theirs):  # equal on every resample: the same encoder (a repeated configuration)
+        if theirs.shape != mine.shape or dict(trial.params) == dict(pick.params) or np.array_equal(mine, theirs):
             continue
         paired = np.isfinite(mine) & np.isfinite(theirs)  # a collapsed encoder's objective is nan
         if paired.any():

@@ -117,17 +117,20 @@ def test_near_ties_are_the_trials_the_choice_does_not_beat_on_enough_paired_resa
     base = rng.normal(20.0, 0.5, 200)  # the choice's objective on 200 resamples of the images
     close = base - 0.1 + rng.normal(0, 0.2, 200)  # a little lower, but not on every resample
     far = base - 2.0  # lower on every resample
-    trials = [with_resamples(rec("pick", labelfree__objective=20.0), base), with_resamples(rec("close", labelfree__objective=19.9), close),
-              with_resamples(rec("far", labelfree__objective=18.0), far), rec("none", labelfree__objective=19.95),
-              with_resamples(rec("other_n", labelfree__objective=19.99), base[:100] - 0.01),
-              with_resamples(rec("collapsed", labelfree__objective=math.nan), np.full(200, math.nan)),
-              with_resamples(rec("again", labelfree__objective=20.0), base)]  # the choice's configuration, tried again
+    def trial(tid, objective, lam, values=None):
+        made = rec(tid, params={"loss.lam": lam}, labelfree__objective=objective)
+        return made if values is None else with_resamples(made, values)
+
+    trials = [trial("pick", 20.0, 0.02, base), trial("close", 19.9, 0.03, close), trial("far", 18.0, 0.3, far), trial("none", 19.95, 0.04),
+              trial("other_n", 19.99, 0.05, base[:100] - 0.01), trial("collapsed", math.nan, 0.9, np.full(200, math.nan)),
+              trial("same_encoder", 20.0, 0.021, base),  # equal on every resample: one encoder (a repeat on a CPU)
+              trial("again", 19.98, 0.02, base - 0.02 + rng.normal(0, 0.2, 200))]  # the choice's values, tried again on a GPU
     ties = near_ties(trials, "pick")
     share = float(np.mean(base > close))
-    # "none", "other_n" and "collapsed" cannot be paired with the choice; "again" is the same encoder.
+    # "none", "other_n" and "collapsed" cannot be paired with the choice; "same_encoder" and "again" are repeats of it.
     assert 0.5 < share < NEAR_TIE_LEVEL and ties == {"close": pytest.approx(share)}
     assert near_ties(trials, "pick", level=share) == {}  # the level is strict: beating on that share is enough
-    assert near_ties([rec("pick", labelfree__objective=20.0), *trials[1:]], "pick") == {}  # a choice without resamples
+    assert near_ties([trial("pick", 20.0, 0.02), *trials[1:]], "pick") == {}  # a choice without resamples
     # Only for the objective, and where it compares the trials (not across label-free sets).
     assert near_ties(trials, "pick", "scaled_loss") == {} and near_ties(trials, "pick", searched=["labelfree.num_images"]) == {}
     assert near_ties(trials, "pick", "objective", ["loss.lam"]) == {"close": pytest.approx(share)}
