@@ -23,6 +23,7 @@ from .search_space import Distribution
 __all__ = [
     "format_table",
     "format_trials_table",
+    "ranked_trials",
     "format_selection",
     "correlation",
     "regret_points",
@@ -60,23 +61,31 @@ def _searched(records: SweepRecords) -> list[str]:
     return list(records.spec.get("search", {}))
 
 
-def format_trials_table(analysis: SweepAnalysis) -> str:
-    """One row per trial, best objective first: id, status, the searched values, the
-    objective, and the labelled reference (for judging only); the choice is starred."""
-    records, sel = analysis.records, analysis.selection
-    crit = sel.default
-    mode = sel.modes[crit]
-    values = sel.values[crit]
+def ranked_trials(analysis: SweepAnalysis) -> list[TrialRecord]:
+    """The sweep's trials, best value of the choice's criterion first, then the completed trials
+    without one, then the others."""
+    sel = analysis.selection
+    mode, values = sel.modes[sel.default], sel.values[sel.default]
 
     def key(t: TrialRecord):
         v = values.get(t.trial_id, math.nan)
         return (t.status != "completed", math.isnan(v), -v if mode == "max" else v)
 
+    return sorted(analysis.records.trials, key=key)
+
+
+def format_trials_table(analysis: SweepAnalysis) -> str:
+    """One row per trial, best objective first: id, status, the searched values, the
+    objective, and the labelled reference (for judging only); the choice is starred (``*``),
+    its near-ties marked ``~``."""
+    records, sel = analysis.records, analysis.selection
+    crit = sel.default
+    values = sel.values[crit]
     searched = _searched(records)
     rows = [
-        [("* " if t.trial_id == sel.choice else "  ") + t.trial_id, t.status, *(t.params.get(k) for k in searched),
-         values.get(t.trial_id), t.metrics.get(REFERENCE_ACC)]
-        for t in sorted(records.trials, key=key)
+        [("* " if t.trial_id == sel.choice else "~ " if t.trial_id in sel.near_ties else "  ") + t.trial_id, t.status,
+         *(t.params.get(k) for k in searched), values.get(t.trial_id), t.metrics.get(REFERENCE_ACC)]
+        for t in ranked_trials(analysis)
     ]
     return format_table(["  trial", "status", *(short_name(k) for k in searched), crit, f"{REFERENCE_ACC} (labels)"], rows)
 
@@ -359,6 +368,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th { background: #f2f2f2; } td.l, th.l { text-align: left; }
 tr.default td { font-weight: bold; } tr.invalid td { color: #a33; } tr.pick td { background: #eef6ee; }
+tr.tie td { background: #fdf1dc; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 .note { color: #555; } .warn { color: #a33; font-weight: bold; }
 .choice { background: #eef6ee; border: 1px solid #9c9; padding: 0.8em 1em; }
@@ -404,12 +414,14 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
                   r["pick"] or "-"] for r in rows]
     crit_classes = [" ".join(c for c in ("default" if r["criterion"] == sel.default else "", "" if r["valid"] else "invalid") if c) for r in rows]
     searched = _searched(records)
+    ranked = ranked_trials(analysis)
     trial_rows = [
         [t.trial_id, t.status, *(t.params.get(k) for k in searched), sel.values[sel.default].get(t.trial_id),
          t.metrics.get(REFERENCE_ACC), t.metrics.get(LINEAR_ACC), t.epochs]
-        for t in records.trials
+        for t in ranked
     ]
-    trial_classes = ["pick" if t.trial_id == sel.choice else "" for t in records.trials]
+    trial_classes = ["pick" if t.trial_id == sel.choice else "tie" if t.trial_id in sel.near_ties else "" for t in ranked]
+    marks = "The choice is shaded green" + (", its near-ties amber: where a few labels can be had, probe them" if sel.near_ties else "")
     figures = {
         "criteria": "Each criterion against the reference accuracy (one point per completed trial, coloured by λ; the criterion's pick circled in red)",
         "accuracy_vs_lambda": "Reference accuracy against λ, on a log axis",
@@ -432,7 +444,7 @@ batch size and views; regret is the accuracy lost by the criterion's pick, in po
 {_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"], crit_rows, crit_classes)}
 {images}
 <h2>Trials</h2>
-<p class="note">{esc(records.summary())}.</p>
+<p class="note">{esc(records.summary())}, best {esc(sel.default)} first. {esc(marks)}.</p>
 {_html_table(["trial", "status", *(short_name(k) for k in searched), sel.default, "reference acc", "linear acc", "epochs"], trial_rows, trial_classes, left=2)}
 </body>
 </html>

@@ -14,7 +14,7 @@ from PIL import Image
 
 from lejepa_tune.analysis import analyse
 from lejepa_tune.report import best_completed_so_far, format_selection, format_table, format_trials_table, write_report
-from tiny import REPORT_FIGURES, synthetic_records
+from tiny import REPORT_FIGURES, synthetic_records, with_near_tie
 
 
 def test_format_table_aligns_and_marks_missing_values():
@@ -38,6 +38,20 @@ def test_trials_table_sorts_by_the_objective_and_stars_the_choice(synthetic_repo
     assert lines[2].startswith(f"* {a.choice}")
     assert "stop" in lines[-2] and "fail" in lines[-1]  # unfinished trials last
     assert lines[0].split()[2:4] == ["lam", "lr"]
+
+
+def test_the_near_ties_are_marked_beside_the_choice_in_the_terminal_and_on_the_page(tmp_path):
+    a = analyse(with_near_tie(synthetic_records()), n_boot=20)
+    (tie,) = a.selection.near_ties
+    lines = format_trials_table(a).splitlines()
+    assert lines[2].startswith(f"* {a.choice}") and lines[3].startswith(f"~ {tie}")
+    assert sum(line.startswith("~ ") for line in lines) == 1
+    page = write_report(a, tmp_path)["html"].read_text()
+    # The page's trials, best objective first, as in the terminal: the choice, then its near-tie.
+    trials = page[page.index("<h2>Trials</h2>"):]
+    assert re.findall(r'<tr class="(\w+)"><td class="l">(\w+)</td>', trials) == [("pick", a.choice), ("tie", tie)]
+    assert "its near-ties amber: where a few labels can be had, probe them." in trials
+    assert "near-ties amber" not in write_report(analyse(synthetic_records(), n_boot=20), tmp_path / "none")["html"].read_text()
 
 
 def test_selection_summary_names_the_choice_the_reference_and_the_ceiling(synthetic_report):
@@ -125,4 +139,4 @@ def test_an_interrupted_sweep_says_so_with_how_to_resume_and_an_undefined_rho_in
     assert warning in format_selection(a)
     page = write_report(a, tmp_path)["html"].read_text()
     assert warning in page and "Spearman ρ undefined (2 trials)" in page
-    assert "<h2>Trials</h2>\n<p class=\"note\">2 trials (2 completed).</p>" in page
+    assert "<h2>Trials</h2>\n<p class=\"note\">2 trials (2 completed), best objective first. The choice is shaded green.</p>" in page
