@@ -35,13 +35,11 @@ __all__ = [
     "rankme",
     "view_covariances",
     "gaussian_mi",
-    "gaussian_mi_resampled",
     "lidar",
     "invariance_ratio",
     "view_nn_accuracy",
     "sigreg_distance",
     "labelfree_criteria",
-    "RESAMPLED_CRITERIA",
 ]
 
 
@@ -333,33 +331,6 @@ def gaussian_mi(feats: Tensor, eps: float = 1e-3) -> float:
     return float(0.5 * torch.log1p(mu).sum())
 
 
-def gaussian_mi_resampled(feats: Tensor, rows: Tensor, eps: float = 1e-3, block: int = 25) -> Tensor:
-    """:func:`gaussian_mi` of ``feats[r]`` for each row ``r`` of ``rows`` ``(n, M')``, images
-    drawn with their views: the same arithmetic batched over the resamples, ``block`` of them at
-    a time, so ``n`` values cost a few batched decompositions instead of ``n`` calls (a test holds
-    them equal to the calls). ``nan`` for a resample whose within-image covariance is zero."""
-    f = _check_views(feats)
-    q, d = f.shape[1], f.shape[2]
-    means = f.mean(1)  # (M, D)
-    dev = f - means[:, None]  # (M, q, D)
-    out = []
-    for chunk in rows.split(block):
-        k, m = chunk.shape
-        x = dev[chunk].reshape(k, m * q, d)
-        within = x.transpose(1, 2) @ x / (m * (q - 1))
-        centred = means[chunk] - means[chunk].mean(1, keepdim=True)
-        between = centred.transpose(1, 2) @ centred / (m - 1)
-        delta = eps * within.diagonal(dim1=1, dim2=2).sum(1) / d  # (k,)
-        ok = delta > 0
-        eye = torch.eye(d, dtype=within.dtype)
-        chol = torch.linalg.cholesky(within + torch.where(ok, delta, 1.0)[:, None, None] * eye)
-        inner = torch.linalg.solve_triangular(chol, between - within / q, upper=False)
-        inner = torch.linalg.solve_triangular(chol, inner.transpose(1, 2), upper=False)
-        mu = torch.linalg.eigvalsh((inner + inner.transpose(1, 2)) / 2).clamp_min(0.0)
-        out.append(torch.where(ok, 0.5 * torch.log1p(mu).sum(1), math.nan))
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
-
-
 def lidar(feats: Tensor, eps: float = 1e-3, floor: float = 1e-7) -> float:
     """LiDAR (Thilak et al., ICLR 2024): the effective rank ``exp(H(p))``, ``p = λ / Σλ``, of
     the eigenvalues ``λ`` of ``Σ_w^{-1/2} Σ_b Σ_w^{-1/2}``."""
@@ -433,10 +404,6 @@ _CRITERIA: dict[str, Callable[[Tensor], float]] = {
     # Scale-bearing, unlike the rest: about 0 when the features collapse to a point.
     "std": lambda f: float(f.reshape(-1, f.shape[-1]).std(0).mean()),
 }
-
-
-# The criteria with a batched form over resamples of the images (``(feats, rows) -> (n,)``).
-RESAMPLED_CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"gmi": gaussian_mi_resampled}
 
 
 def labelfree_criteria(feats: Tensor, names: Sequence[str] | None = None) -> dict[str, float]:

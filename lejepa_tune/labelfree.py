@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from .config import LabelFreeConfig, ViewsConfig
 from .data import TensorImages
 from .distributed import all_gather_rows, shard
-from .evaluate import RESAMPLED_CRITERIA, extract_features, labelfree_criteria
+from .evaluate import extract_features, labelfree_criteria
 from .metrics import FEATURE_SPACES, OBJECTIVE, OBJECTIVE_SOURCE, labelfree_key, objective
 from .models import LeJEPAModel
 from .views import Augment, concat, select
@@ -123,11 +123,8 @@ def resampled_objective(features: dict[str, Tensor], n: int, seed: int) -> np.nd
     with its views), drawn from ``seed``: two runs on the same set with the same seed draw the
     same resamples, so their values pair up resample by resample. How often one run's value is
     above another's says whether the images separate the two, which a single value cannot."""
-    space, name = OBJECTIVE_SOURCE
-    feats = features[space]
-    m = feats.shape[0]
+    space = OBJECTIVE_SOURCE[0]
+    m = features[space].shape[0]
     gen = torch.Generator().manual_seed(seed)
     draws = [torch.randint(0, m, (m,), generator=gen) for _ in range(n)]
-    if name in RESAMPLED_CRITERIA and n and bool(torch.isfinite(feats).all()):  # all at once
-        return RESAMPLED_CRITERIA[name](feats, torch.stack(draws)).numpy()
-    return np.array([objective_of({space: feats[rows]}) for rows in draws])
+    return np.array([objective_of({space: features[space][rows]}) for rows in draws])
