@@ -76,3 +76,6 @@ def test_resamples_of_the_images_are_drawn_from_the_seed_and_pair_up_between_run
     assert ra.min() < objective_of(a) < ra.max()
     assert np.std(ra - rb) < 0.5 * np.std(ra)
     assert np.std(ra - resampled_objective(b, 100, seed=4)) > 0.9 * np.std(ra)  # unpaired: no such thing
+    # A diverged run's features: nan on every resample; none asked for: none.
+    assert np.isnan(resampled_objective({"backbone": torch.full((128, 2, 16), math.nan)}, 5, seed=3)).all()
+    assert resampled_objective(a, 0, seed=3).shape == (0,)
