@@ -253,7 +253,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     criterion = args.criterion or default_criterion(records.spec)[0]
     if criterion not in CRITERIA:
         raise ConfigError(f"--criterion: unknown criterion {criterion!r} (known: {', '.join(CRITERIA)})")
-    validity = criterion_validity(records.spec.get("search", {}))[criterion]
+    searched = list(records.spec.get("search", {}))
+    validity = criterion_validity(searched)[criterion]
     if not validity.valid:
         print(f"warning: {criterion} is not valid for this sweep: {validity.reason}", file=sys.stderr)
     trial = choose(records.trials, criterion)  # label-free: no accuracy is read
@@ -264,7 +265,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         print(f"lejepa-tune: error: trial {trial.trial_id} has no checkpoint", file=sys.stderr)
         return 1
     completed = [t for t in records.trials if t.status == "completed"]
-    ties = near_ties(completed, trial.trial_id, criterion, records.spec.get("search", {}))
+    ties = near_ties(completed, trial.trial_id, criterion, searched)
     selection = {
         "sweep": records.sweep_dir, "trial_id": trial.trial_id, "criterion": criterion,
         "value": CRITERIA[criterion].value(trial), "params": dict(trial.params), "checkpoint": trial.checkpoint,

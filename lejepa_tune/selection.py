@@ -273,7 +273,6 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
     finite = [(a, t.trial_id) for a, t in zip(acc, completed) if math.isfinite(a)]
     best = max(finite, key=lambda pair: pair[0])[1] if finite else None  # the first best
     default, reason = default_criterion(records.spec)
-    valid = criterion_validity(searched)
     return SelectionReport(
         sweep=records.name,
         criteria=tuple(CRITERIA),
@@ -281,7 +280,7 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
         values=FrozenDict(values),
         picks=FrozenDict(picks),
         agreements=FrozenDict(agreements),
-        validity=FrozenDict(valid),
+        validity=FrozenDict(criterion_validity(searched)),
         default=default,
         reason=reason,
         reference=REFERENCE_ACC,
