@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lejepa_tune.analysis import agreement_rows, analyse, headline_metrics
-from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_RESAMPLES, pack_floats
-from tiny import synthetic_records
+from lejepa_tune.metrics import OBJECTIVE, unpack_floats
+from tiny import synthetic_records, with_near_tie
 
 
 def test_analysis_chooses_by_the_objective_among_completed_trials():
@@ -38,19 +38,13 @@ def test_headline_metrics_are_few_rounded_and_finite():
 
 def test_a_near_tie_at_the_top_is_warned_about_with_the_trials_how_far_behind_and_how_often_beaten():
     records = synthetic_records()
-    choice = analyse(records, n_boot=20).choice
-    values = {t.trial_id: t.metrics[OBJECTIVE] for t in records.trials if t.status == "completed"}
-    runner_up = sorted(values, key=values.get)[-2]
-    rng = np.random.default_rng(1)
-    base = rng.normal(values[choice], 0.3, 200)
-    resamples = {choice: base, runner_up: base - 0.05 + rng.normal(0, 0.3, 200)}
-    resamples.update({tid: base - 5.0 for tid in values if tid not in resamples})  # the rest, well behind
-    tied = dataclasses.replace(records, trials=tuple(
-        dataclasses.replace(t, details={**t.details, OBJECTIVE_RESAMPLES: pack_floats(resamples[t.trial_id])}) if t.trial_id in values else t
-        for t in records.trials))
+    tied = with_near_tie(records)
     a = analyse(tied, n_boot=20)
-    share = float(np.mean(resamples[choice] > resamples[runner_up]))
-    gap = (values[choice] - values[runner_up]) / values[choice]
+    values = {t.trial_id: t.metrics[OBJECTIVE] for t in tied.trials if t.status == "completed"}
+    runner_up = sorted(values, key=values.get)[-2]
+    resamples = {t.trial_id: unpack_floats(t.objective_resamples) for t in tied.trials if t.objective_resamples}
+    share = float(np.mean(resamples[a.choice] > resamples[runner_up]))
+    gap = (values[a.choice] - values[runner_up]) / values[a.choice]
     assert a.selection.near_ties == {runner_up: pytest.approx(share)}
     assert a.warnings == (f"the choice is a near-tie: on resamples of the label-free images its objective is not reliably above that of "
                           f"trial {runner_up} ({gap:.1%} lower, the choice higher on {share:.0%} of the resamples); where a few labels can be "
