@@ -74,7 +74,7 @@ def study(sweep_dir: Path, n_resamples: int, level: float) -> dict:
         if t.objective_resamples and unpack_floats(t.objective_resamples).shape == values.shape:  # what the trial itself measured
             stored.append(float(np.max(np.abs(unpack_floats(t.objective_resamples) - values) / np.abs(values))))
         resampled.append(dataclasses.replace(t, details={**t.details, OBJECTIVE_RESAMPLES: pack_floats(values)}))
-    ties = near_ties(resampled, pick.trial_id, "objective", records.spec.get("search", {}), level)
+    ties = near_ties(resampled, pick.trial_id, "objective", records.searched, level)
     acc = {t.trial_id: t.metrics[REFERENCE_ACC] for t in done}
     best = max(acc.values())
     # The runner-up: the best other encoder (a configuration tried twice trains the same one).

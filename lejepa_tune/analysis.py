@@ -34,7 +34,7 @@ class SweepAnalysis:
 def analyse(records: SweepRecords, n_boot: int = 1000) -> SweepAnalysis:
     """Every criterion against the reference, the choice, and the warnings that go with it."""
     selection = evaluate_criteria(records, n_boot=n_boot)
-    notes = list(reliability_warnings(list(records.spec.get("search", {})), selection.default))
+    notes = list(reliability_warnings(records.searched, selection.default))
     valid = selection.validity[selection.default]
     if not valid.valid:
         notes.insert(0, f"the choice uses {selection.default}, which is not valid for this sweep: {valid.reason}")

@@ -253,7 +253,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     criterion = args.criterion or default_criterion(records.spec)[0]
     if criterion not in CRITERIA:
         raise ConfigError(f"--criterion: unknown criterion {criterion!r} (known: {', '.join(CRITERIA)})")
-    searched = list(records.spec.get("search", {}))
+    searched = records.searched
     validity = criterion_validity(searched)[criterion]
     if not validity.valid:
         print(f"warning: {criterion} is not valid for this sweep: {validity.reason}", file=sys.stderr)

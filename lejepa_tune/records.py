@@ -98,6 +98,11 @@ class SweepRecords:
     elapsed_s: float = math.nan
     interrupted: bool = False
 
+    @property
+    def searched(self) -> list[str]:
+        """The searched keys (``"loss.lam"``, ...), in the order the space names them."""
+        return list(self.spec.get("search", {}))
+
     def summary(self) -> str:
         """``"16 trials (2 completed, 14 stopped; 80 of their 256 epochs trained, 31%)"``: the
         trials by status, in the order of ``STATUSES``, and, where some trials did not train all

@@ -57,10 +57,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _searched(records: SweepRecords) -> list[str]:
-    return list(records.spec.get("search", {}))
-
-
 def ranked_trials(analysis: SweepAnalysis) -> list[TrialRecord]:
     """The sweep's trials, best value of the choice's criterion first, then the completed trials
     without one, then the others."""
@@ -81,7 +77,7 @@ def format_trials_table(analysis: SweepAnalysis) -> str:
     records, sel = analysis.records, analysis.selection
     crit = sel.default
     values = sel.values[crit]
-    searched = _searched(records)
+    searched = records.searched
     rows = [
         [("* " if t.trial_id == sel.choice else "~ " if t.trial_id in sel.near_ties else "  ") + t.trial_id, t.status,
          *(t.params.get(k) for k in searched), values.get(t.trial_id), t.metrics.get(REFERENCE_ACC)]
@@ -342,7 +338,7 @@ def write_trials_csv(analysis: SweepAnalysis, path: str | Path) -> Path:
     records, sel = analysis.records, analysis.selection
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    searched = _searched(records)
+    searched = records.searched
     metrics = sorted({k for t in records.trials for k in t.metrics})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -413,7 +409,7 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
                   correlation(r["kendall"]), correlation(r["within_spearman"]), regret_points(r["regret"]), correlation(r["top3_overlap"]),
                   r["pick"] or "-"] for r in rows]
     crit_classes = [" ".join(c for c in ("default" if r["criterion"] == sel.default else "", "" if r["valid"] else "invalid") if c) for r in rows]
-    searched = _searched(records)
+    searched = records.searched
     ranked = ranked_trials(analysis)
     trial_rows = [
         [t.trial_id, t.status, *(t.params.get(k) for k in searched), sel.values[sel.default].get(t.trial_id),

@@ -257,7 +257,7 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError("trial ids must be unique")
-    searched = list(records.spec.get("search", {}))
+    searched = records.searched
     completed = [t for t in trials if t.status == "completed"]
     acc = [float(t.metrics.get(REFERENCE_ACC, math.nan)) for t in completed]
     groups = [scale_group(t, searched) for t in completed]

@@ -69,3 +69,13 @@ def test_a_sweeps_summary_counts_its_trials_by_status_and_the_epochs_a_scheduler
     searched = sweep(("completed", 4, {"train.epochs": 4}), ("interrupted", 2, {"train.epochs": 16}))
     assert searched.summary() == "2 trials (1 completed, 1 interrupted; 6 of their 20 epochs trained, 30%)"
     assert SweepRecords("s", {}, (), "/x").summary() == "0 trials"
+
+
+def test_a_sweeps_searched_keys_follow_its_space_and_are_not_written_as_a_field(tmp_path):
+    spec = {"search": {"train.lr": {"type": "loguniform"}, "loss.lam": {"type": "uniform"}}}
+    records = SweepRecords("s", spec, (), str(tmp_path))
+    assert records.searched == ["train.lr", "loss.lam"]
+    assert SweepRecords("s", {}, (), "/x").searched == []
+    write_records(records)
+    assert read_records(str(tmp_path)).searched == ["train.lr", "loss.lam"]
+    assert '"searched"' not in (tmp_path / "records.json").read_text()
