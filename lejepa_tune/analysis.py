@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 from .records import SweepRecords
-from .selection import SelectionReport, evaluate_criteria, reliability_warnings
+from .selection import SelectionReport, evaluate_criteria, near_tie_note, reliability_warnings
 
-__all__ = ["SweepAnalysis", "analyse", "headline_metrics", "agreement_rows", "near_tie_note"]
+__all__ = ["SweepAnalysis", "analyse", "headline_metrics", "agreement_rows"]
 
 # The criteria whose agreement goes on the MLflow parent run as metrics (the rest go in its
 # table): the objective, and the two training losses the paper proposes.
@@ -39,7 +39,7 @@ def analyse(records: SweepRecords, n_boot: int = 1000) -> SweepAnalysis:
     if not valid.valid:
         notes.insert(0, f"the choice uses {selection.default}, which is not valid for this sweep: {valid.reason}")
     if selection.near_ties:
-        notes.append(near_tie_note(selection))
+        notes.append(near_tie_note(selection.choice, selection.default, selection.values[selection.default], selection.near_ties))
     if selection.choice is None:
         notes.insert(0, "no completed trial has a value of the criterion: nothing is chosen")
     if records.interrupted:
@@ -48,20 +48,6 @@ def analyse(records: SweepRecords, n_boot: int = 1000) -> SweepAnalysis:
         notes.insert(0, f"the sweep was interrupted, with {done} of its {planned} trials completed: the choice is among those; "
                         f"`lejepa-tune run --resume {records.sweep_dir}` continues it")
     return SweepAnalysis(records, selection, tuple(notes))
-
-
-def near_tie_note(report: SelectionReport, shown: int = 3) -> str:
-    """The warning for a choice the label-free images do not separate from other trials: the
-    closest few by objective, how far behind each is, and how often the choice is the higher."""
-    values = report.values[report.default]
-    best = values[report.choice]
-    ties = sorted(report.near_ties.items(), key=lambda item: -values[item[0]])
-    named = [f"{tid} ({abs(best - values[tid]) / abs(best):.1%} lower, the choice higher on {share:.0%} of the resamples)"
-             for tid, share in ties[:shown]]
-    more = f" and {len(ties) - shown} more" if len(ties) > shown else ""
-    return (f"the choice is a near-tie: on resamples of the label-free images its {report.default} is not reliably above that of "
-            f"trial{'s' if len(ties) > 1 else ''} {', '.join(named)}{more}; where a few labels can be had, compare "
-            f"{'them' if len(ties) > 1 else 'the two'} with a probe")
 
 
 def agreement_rows(report: SelectionReport) -> list[dict[str, float | str | bool]]:

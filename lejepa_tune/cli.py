@@ -246,7 +246,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     from .export import export_encoder
     from .pipeline import load_records
-    from .selection import CRITERIA, choose, criterion_validity, default_criterion, near_ties
+    from .selection import CRITERIA, choose, criterion_validity, default_criterion, near_tie_note, near_ties
 
     _check_directory("--export", args.export)
     records = load_records(args.sweep, args.tracking_uri)
@@ -273,9 +273,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     }
     export_encoder(trial.checkpoint, args.export, selection)
     if ties:
-        print(f"warning: a near-tie: the label-free images do not separate trial {trial.trial_id} from trial{'s' if len(ties) > 1 else ''} "
-              f"{', '.join(ties)}; where a few labels can be had, compare them with a probe (`lejepa-tune report` shows how close)",
-              file=sys.stderr)
+        values = {t.trial_id: CRITERIA[criterion].value(t) for t in completed}
+        print(f"warning: {near_tie_note(trial.trial_id, criterion, values, ties)}", file=sys.stderr)
     print(f"Chosen by {criterion} (no labels): trial {trial.trial_id} {dict(trial.params)}")
     print(f"Exported to {args.export}: encoder.pt (timm backbone state dict), projector.pt, config.yaml, selection.json,")
     print(f"  and timm's layout: timm.create_model('local-dir:{args.export}', pretrained=True, num_classes=0)")

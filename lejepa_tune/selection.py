@@ -40,6 +40,7 @@ __all__ = [
     "choose",
     "NEAR_TIE_LEVEL",
     "near_ties",
+    "near_tie_note",
     "SelectionReport",
     "evaluate_criteria",
     "UNRELIABLE",
@@ -213,6 +214,20 @@ def near_ties(completed: Sequence[TrialRecord], choice: str | None, criterion: s
             if share < level:
                 ties[trial.trial_id] = share
     return ties
+
+
+def near_tie_note(choice: str, criterion: str, values: Mapping[str, float], ties: Mapping[str, float], shown: int = 3) -> str:
+    """The warning for a ``choice`` the label-free images do not separate from the trials in
+    ``ties`` (what :func:`near_ties` returns): the closest few by ``criterion`` (their
+    ``values``), how far behind each is, and how often the choice is the higher."""
+    best = values[choice]
+    ranked = sorted(ties.items(), key=lambda item: -values[item[0]])
+    named = [f"{tid} ({abs(best - values[tid]) / abs(best):.1%} lower, the choice higher on {share:.0%} of the resamples)"
+             for tid, share in ranked[:shown]]
+    more = f" and {len(ranked) - shown} more" if len(ranked) > shown else ""
+    return (f"the choice is a near-tie: on resamples of the label-free images its {criterion} is not reliably above that of "
+            f"trial{'s' if len(ranked) > 1 else ''} {', '.join(named)}{more}; where a few labels can be had, compare "
+            f"{'them' if len(ranked) > 1 else 'the two'} with a probe")
 
 
 @dataclass(frozen=True)
