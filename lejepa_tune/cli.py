@@ -88,10 +88,13 @@ def _load_spec(args: argparse.Namespace):
 def _load_checked_spec(args: argparse.Namespace):
     """The search space, checked against timm and the data too: a bad space fails here,
     before Ray starts, not once per trial."""
-    from .preflight import check_sweep
+    from .preflight import check_sweep, labelfree_width_note
 
     spec = _load_spec(args)
     check_sweep(spec)
+    note = labelfree_width_note(spec.base)
+    if note:
+        print(f"warning: {spec.source}: {note}", file=sys.stderr)
     return spec
 
 
@@ -283,7 +286,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .preflight import check_trainable
+    from .preflight import check_trainable, labelfree_width_note
     from .train import resolve_device, train
 
     overrides = list(args.overrides)
@@ -297,7 +300,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # train.device: cuda on a machine without one
         raise ConfigError(f"{source}: {err}") from None
     try:
-        train(cfg, data=check_trainable(cfg))
+        data = check_trainable(cfg)
+        note = labelfree_width_note(cfg)
+        if note:
+            print(f"warning: {source}: {note}", file=sys.stderr)
+        train(cfg, data=data)
     except ValueError as err:  # a data or config mismatch (ConfigError too): batch > dataset...
         raise ConfigError(f"{source}: {err}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks

@@ -14,7 +14,7 @@ from .data import DataSplits, build_datasets
 from .models import create_backbone, known_backbone
 from .search_space import SweepSpec, corners, trial_config
 
-__all__ = ["check_trainable", "check_sweep"]
+__all__ = ["check_trainable", "check_sweep", "labelfree_width_note"]
 
 # The searched keys (besides data.* and model.backbone_kwargs.*) whose values check_trainable
 # looks at.
@@ -68,6 +68,31 @@ def _check_view_sizes(cfg: Config) -> None:
             hint = ("; built with model.backbone_kwargs.dynamic_img_size: true, it takes other sizes"
                     if getattr(backbone, "dynamic_img_size", None) is False else "")
             raise ConfigError(f"{key}: {cfg.model.backbone} does not take {size}x{size} views ({reason}){hint}") from None
+
+
+def labelfree_width_note(cfg: Config) -> str | None:
+    """A warning where the label-free set is small for the backbone's feature width ``D``: the
+    objective whitens by the within-image covariance of its views, estimated from
+    ``labelfree.num_images · (labelfree.num_views − 1)`` samples. Below ``D`` that covariance is
+    singular and the objective is set by the ridge; below ``2·D`` its estimate is biased upwards,
+    most by directions that carry only view noise (``experiments/objective_bias.py`` measures
+    it). ``None`` where there are enough, or where the backbone cannot be built on the meta
+    device."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            width = create_backbone(cfg.model.backbone, cfg.model.backbone_kwargs).num_features
+    except Exception:  # the other checks name what is wrong with the backbone
+        return None
+    lf = cfg.labelfree
+    samples = lf.num_images * (lf.num_views - 1)
+    if not isinstance(width, int) or samples >= 2 * width:
+        return None
+    needed = -(-2 * width // (lf.num_views - 1))
+    return (f"labelfree.num_images: {lf.num_images} images with {lf.num_views} views give {samples} within-image samples for the "
+            f"{width} features of {cfg.model.backbone}, fewer than twice as many: the objective is biased upwards (most by directions "
+            f"of pure view noise{'; at this size its within-image covariance is singular' if samples <= width else ''}); set labelfree.num_images to at least {needed}")
 
 
 def check_sweep(spec: SweepSpec) -> None:

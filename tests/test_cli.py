@@ -187,6 +187,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, files, names, 
     assert not outputs.exists()
 
 
+def test_validate_warns_of_a_label_free_set_small_for_the_backbone_and_still_passes(tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    assert main(["validate", str(tmp_path / "space.yaml")]) == 0
+    assert capsys.readouterr().err == ""  # the defaults: 256 images of 2 views for 96 features
+    assert main(["validate", str(tmp_path / "space.yaml"), "--set", "labelfree.num_images=64"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: {tmp_path / 'space.yaml'} (with --set): labelfree.num_images: 64 images with 2 views give 64 ")
+    assert line.endswith("set labelfree.num_images to at least 192")
+
+
 def test_a_sweeps_time_is_rounded_before_it_is_split_into_minutes():
     assert _minutes(179.6) == "3 min 0 s"
     assert _minutes(179.4) == "2 min 59 s"

@@ -3,9 +3,11 @@ sweep can run (the corners of its searched ranges), each error one line naming f
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from lejepa_tune.config import ConfigError, config_from_dict
+from lejepa_tune.config import ConfigError, LabelFreeConfig, config_from_dict
 from lejepa_tune.data import DatasetError
 from lejepa_tune.preflight import check_sweep, check_trainable
 from lejepa_tune.search_space import sweep_spec_from_dict
@@ -103,3 +105,25 @@ def test_a_base_key_failing_in_some_trials_names_the_searched_keys_behind_it():
     message = str(err.value)
     assert message.startswith("space.yaml: base.labelfree.num_images: 64 exceeds the 50 training images")
     assert message.endswith(" (in trials with data.image_size=16)")
+
+
+def test_a_label_free_set_small_for_the_backbones_width_is_warned_of_with_the_size_it_needs():
+    """The objective whitens by the within-image covariance of the label-free views: with fewer
+    samples of it than twice the backbone's width it is biased upwards (experiments/objective_bias.py)."""
+    from pathlib import Path
+
+    from lejepa_tune.preflight import labelfree_width_note
+    from lejepa_tune.search_space import load_sweep_spec
+
+    assert labelfree_width_note(config_from_dict({})) is None  # 256 images, 2 views, 96 features
+    assert labelfree_width_note(config_from_dict({"labelfree": {"num_images": 192}})) is None
+    small = labelfree_width_note(config_from_dict({"labelfree": {"num_images": 191}}))
+    assert small == ("labelfree.num_images: 191 images with 2 views give 191 within-image samples for the 96 features of "
+                     "vit_tiny_patch16_224, fewer than twice as many: the objective is biased upwards (most by directions of pure "
+                     "view noise); set labelfree.num_images to at least 192")
+    three_views = labelfree_width_note(config_from_dict({"labelfree": {"num_images": 40, "num_views": 3}}))
+    assert three_views.endswith("set labelfree.num_images to at least 96") and "singular" in three_views
+    # The shipped ViT-S space sets a set large enough for its 384 features; the default would not be.
+    vits = load_sweep_spec(str(Path(__file__).resolve().parents[1] / "search_spaces" / "imagenette_vits8.yaml"), [])
+    assert labelfree_width_note(vits.base) is None
+    assert "for the 384 features of vit_small_patch8_224" in labelfree_width_note(dataclasses.replace(vits.base, labelfree=LabelFreeConfig()))
