@@ -52,6 +52,10 @@ __all__ = [
 _SCALE = ("train.batch_size", "views.", "loss.regularizer", "loss.num_knots", "loss.t_max")
 _LAMBDA = ("loss.lam",)
 _SET = ("labelfree.", "data.")
+# Keys below those that change no criterion: how many resamples tell near-ties, the α of
+# ``scaled_loss`` (which `_ALPHA` names for it), and how the data is loaded.
+_INERT = ("labelfree.resamples", "labelfree.alpha", "data.num_workers", "data.in_memory")
+_ALPHA = ("labelfree.alpha",)
 _BACKBONE_WIDTH = ("model.backbone", "model.backbone_kwargs.")
 _EMBED_WIDTH = ("model.proj_dim",)
 # Criteria that do not depend on the feature width: ratios and per-sample distances.
@@ -99,7 +103,7 @@ def _registry() -> dict[str, Criterion]:
         ),
         "scaled_loss": Criterion(
             "scaled_loss", keys["scaled_loss"], "min", "the paper's λ-corrected loss, loss / λ^α",
-            _SCALE, "SIGReg's statistic grows with the batch size N and the invariance term depends on the views",
+            _SCALE + _ALPHA, "SIGReg's statistic grows with the batch size N, the invariance term depends on the views, and α sets the correction",
         ),
     }
     for name, key in keys.items():
@@ -135,12 +139,18 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
     return any(key.startswith(p) if p.endswith(".") else key == p for p in patterns)
 
 
+def _varies(key: str, patterns: Sequence[str]) -> bool:
+    """Whether searching ``key`` changes what ``patterns`` guard: named by them, or below one
+    of their prefixes and not among the keys that change no criterion."""
+    return key in patterns or (_matches(key, patterns) and not _matches(key, _INERT))
+
+
 def criterion_validity(searched: Iterable[str]) -> dict[str, Validity]:
     """For each criterion, whether it is valid for a sweep that searches ``searched`` keys."""
     searched = list(searched)
     out = {}
     for name, crit in CRITERIA.items():
-        varied = [k for k in searched if _matches(k, crit.invalid_when)]
+        varied = [k for k in searched if _varies(k, crit.invalid_when)]
         if varied:
             out[name] = Validity(False, f"the sweep searches {', '.join(varied)}: {crit.why}")
         else:

@@ -39,6 +39,10 @@ def test_every_criterion_reads_a_label_free_metric():
         (["model.proj_dim"], ["objective", "backbone/gmi", "embed/inv_ratio", "loss", "scaled_loss"], ["embed/gmi", "embed/rankme"]),
         (["model.backbone_kwargs.embed_dim"], ["backbone/inv_ratio", "loss"], ["objective", "backbone/gmi"]),
         (["labelfree.num_images"], ["loss"], ["objective", "backbone/view_nn"]),
+        # α changes only the λ-corrected loss; the resamples and how the data loads change nothing
+        (["labelfree.alpha"], ["objective", "loss", "backbone/gmi"], ["scaled_loss"]),
+        (["labelfree.resamples", "data.num_workers", "data.in_memory"], list(CRITERIA), []),
+        (["data.max_train_samples"], ["loss"], ["objective", "embed/gmi"]),
     ],
 )
 def test_validity_follows_what_the_sweep_varies(searched, valid, invalid):
