@@ -232,8 +232,11 @@ def near_tie_note(choice: str, criterion: str, values: Mapping[str, float], ties
     ``values``), how far behind each is, and how often the choice is the higher."""
     best = values[choice]
     ranked = sorted(ties.items(), key=lambda item: -values[item[0]])
-    named = [f"{tid} ({abs(best - values[tid]) / abs(best):.1%} lower, the choice higher on {share:.0%} of the resamples)"
-             for tid, share in ranked[:shown]]
+
+    def lower(value: float) -> str:  # relative, unless the choice's value is 0
+        return f"{abs(best - value) / abs(best):.1%} lower" if best else f"{abs(best - value):.3g} lower"
+
+    named = [f"{tid} ({lower(values[tid])}, the choice higher on {share:.0%} of the resamples)" for tid, share in ranked[:shown]]
     more = f" and {len(ranked) - shown} more" if len(ranked) > shown else ""
     return (f"the choice is a near-tie: on resamples of the label-free images its {criterion} is not reliably above that of "
             f"trial{'s' if len(ranked) > 1 else ''} {', '.join(named)}{more}; where a few labels can be had, compare "

@@ -18,6 +18,7 @@ from lejepa_tune.selection import (
     criterion_validity,
     default_criterion,
     evaluate_criteria,
+    near_tie_note,
     near_ties,
     reliability_warnings,
 )
@@ -146,3 +147,12 @@ def test_near_ties_are_the_trials_the_choice_does_not_beat_on_enough_paired_resa
     by_loss = SweepRecords("s", {"search": {"loss.lam": {}}, "selection": {"criterion": "scaled_loss"}},
                            tuple(dataclasses.replace(t, metrics={**t.metrics, "train/scaled_loss": 1.0}) for t in trials), "/tmp/s")
     assert evaluate_criteria(by_loss, n_boot=20).near_ties == {}
+
+
+def test_the_near_tie_note_names_the_closest_few_with_their_gaps_even_from_a_zero_objective():
+    note = near_tie_note("a", "objective", {"a": 20.0, "b": 19.0, "c": 19.8, "d": 18.0, "e": 17.0},
+                         {"b": 0.8, "c": 0.6, "d": 0.9, "e": 0.93}, shown=2)
+    assert note == ("the choice is a near-tie: on resamples of the label-free images its objective is not reliably above that of trials "
+                    "c (1.0% lower, the choice higher on 60% of the resamples), b (5.0% lower, the choice higher on 80% of the resamples) "
+                    "and 2 more; where a few labels can be had, compare them with a probe")
+    assert "b (0.5 lower, the choice higher on 70% of the resamples)" in near_tie_note("a", "objective", {"a": 0.0, "b": -0.5}, {"b": 0.7})
