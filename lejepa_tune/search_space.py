@@ -326,15 +326,21 @@ def _check_batch_split(search: Mapping[str, Distribution], base: Config, workers
         raise ConfigError(f"{source}: {where}: {odd} is not divisible by resources.num_workers ({workers}), the DDP processes that share each batch")
 
 
-def _check_epochs(search: Mapping[str, Distribution], base: Config, source: str) -> None:
+def _check_epochs(search: Mapping[str, Distribution], base: Config, tune: TuneSpec, source: str) -> None:
     """Every trial trains at least one epoch. A trial of 0 epochs only measures its untrained
     encoder (``lejepa-tune train`` takes 0 for that baseline): a sweep of them would tune
     nothing that training does (λ, the learning rate, the batch size act on none of them) and
-    pick among random initialisations."""
+    pick among random initialisations. ASHA takes one number of epochs for every trial: its
+    rungs compare trials at equal epochs, which mean other points of their learning-rate
+    schedules where trials train for different lengths, and a shorter trial's last epoch would
+    be taken for a rung, where ASHA may stop it."""
     dist = search.get("train.epochs")
     where, fewest = ("base.train.epochs", base.train.epochs) if dist is None else ("search.train.epochs", min(dist.extremes()))
     if fewest < 1:
         raise ConfigError(f"{source}: {where}: a sweep's trials train at least 1 epoch (with 0, each only measures its untrained encoder), got {fewest}")
+    if dist is not None and tune.scheduler != "none":
+        raise ConfigError(f"{source}: search.train.epochs: not with tune.scheduler: {tune.scheduler} (its rungs compare trials at equal "
+                          f"epochs of one length: search the epochs with tune.scheduler: none, or set base.train.epochs)")
 
 
 def _check_criterion(criterion: str, source: str) -> None:
@@ -381,7 +387,7 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
     if resources.gpus_per_worker != "auto" and resources.gpus_per_worker < 0:
         raise ConfigError(f"{source}: resources.gpus_per_worker: expected 'auto' or a number >= 0, got {resources.gpus_per_worker!r}")
     _check_batch_split(search, base, resources.num_workers, source)
-    _check_epochs(search, base, source)
+    _check_epochs(search, base, tune, source)
     selection = _section(data, SelectionSpec, "selection", source)
     _check_criterion(selection.criterion, source)
     return SweepSpec(

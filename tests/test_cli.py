@@ -67,6 +67,8 @@ CASES = [
     space("search-local-larger-than-global", "name: s\nbase: {views: {n_local: 2, global_size: 64}}\nsearch:\n  views.local_size: {type: choice, values: [16, 48]}\n  views.global_size: {type: choice, values: [32, 64]}\n", "search.views.local_size", "trials with views.local_size=48, views.global_size=32 would be invalid"),
     space("base-zero-epochs", "name: s\nbase: {train: {epochs: 0}}\n", "base.train.epochs", "a sweep's trials train at least 1 epoch"),
     space("search-zero-epochs", "name: s\nsearch:\n  train.epochs: {type: int, low: 0, high: 4}\n", "search.train.epochs", "at least 1 epoch", command="run"),
+    space("search-epochs-with-asha", "name: s\ntune: {scheduler: asha}\nsearch:\n  train.epochs: {type: int, low: 2, high: 4}\n",
+          "search.train.epochs", "not with tune.scheduler: asha (its rungs compare trials at equal epochs of one length", command="run"),
     space("point-outside-range", SPACE + "tune: {points_to_evaluate: [{loss.lam: 0.9}]}\n", "tune.points_to_evaluate[0].loss.lam", "0.9 is outside the searched loguniform [0.01, 0.5]"),
     space("point-off-step", "name: s\nsearch:\n  model.proj_dim: {type: qint, low: 16, high: 64, step: 16}\ntune: {points_to_evaluate: [{model.proj_dim: 20}]}\n", "tune.points_to_evaluate[0].model.proj_dim", "outside the searched qint"),
     space("point-unsearched-key", SPACE + "tune: {points_to_evaluate: [{optim.lr: 0.001}]}\n", "tune.points_to_evaluate[0].optim.lr", "not a searched key"),
