@@ -195,7 +195,9 @@ def _check_destinations(args: argparse.Namespace, spec) -> None:
     from .tracking import check_tracking_uri, resolve_tracking_uri
 
     where = "--tracking-uri" if args.tracking_uri else f"{spec.source}: tracking.tracking_uri" if spec.tracking.tracking_uri else "tracking URI"
-    check_tracking_uri(resolve_tracking_uri(args.tracking_uri or spec.tracking.tracking_uri), where)
+    named = f"{spec.source}: tracking.experiment" if spec.tracking.experiment else f"{spec.source}: name"
+    check_tracking_uri(resolve_tracking_uri(args.tracking_uri or spec.tracking.tracking_uri), where,
+                       experiment=(spec.tracking.experiment or spec.name, named))
     if not args.resume and "://" not in args.storage_path:
         _check_directory("--storage-path", args.storage_path)
 

@@ -110,14 +110,16 @@ def _lock_path(database: Path) -> str:
 _DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
-def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
+def check_tracking_uri(uri: str, where: str, timeout: float = 5.0, experiment: tuple[str, str] | None = None) -> None:
     """Fails fast, before Ray starts, with a one-line ConfigError that begins with ``where``
     (``--tracking-uri``, or the file and key that gave the URI), where MLflow could not track:
     a scheme it has no store for, a database it cannot open, a server or database host at which
     nothing answers (MLflow itself retries for minutes before it says so), a server that accepts
     a connection but sends no answer (hung), or a server that answers one request with an error
     (not an MLflow server, say). A server is given ``timeout`` seconds to answer, or as long as
-    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` says where it is set (MLflow's own wait for an answer)."""
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` says where it is set (MLflow's own wait for an answer).
+    ``experiment``: ``(name, where)``, an experiment the sweep will log to, which must not be a
+    deleted one (MLflow keeps its name, and refuses new runs in it)."""
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.split("+", 1)[0]
     # A server reached through an HTTP proxy (HTTP_PROXY, HTTPS_PROXY) is MLflow's to reach.
@@ -133,7 +135,9 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        open_client(uri).search_experiments(max_results=1)  # one request: is it MLflow's?
+        client = open_client(uri)
+        client.search_experiments(max_results=1)  # one request: is it MLflow's?
+        found = client.get_experiment_by_name(experiment[0]) if experiment else None
     except UnsupportedModelRegistryStoreURIException as err:
         known = ", ".join(k for k in err.supported_uri_schemes if k)
         raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow has no store for the scheme {parts.scheme!r} (it has {known})") from None
@@ -143,6 +147,10 @@ def check_tracking_uri(uri: str, where: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"{where}: {mask_uri(uri)}: MLflow cannot track there ({detail.strip()})") from None
     finally:
         quiet.setLevel(level)
+    if found is not None and found.lifecycle_stage == "deleted":
+        name, key = experiment
+        raise ConfigError(f"{key}: the MLflow experiment {name!r} was deleted at {mask_uri(uri)}, and MLflow takes no runs in it: restore it "
+                          f"(mlflow experiments restore --experiment-id {found.experiment_id}) or name another")
 
 
 def _answer_timeout(default: float) -> float:

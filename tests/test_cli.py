@@ -256,6 +256,22 @@ def test_a_tracking_server_that_is_not_mlflows_is_refused_in_one_line_before_ray
     assert not (tmp_path / "sweeps").exists()
 
 
+def test_a_deleted_mlflow_experiment_of_the_sweeps_name_is_refused_in_one_line_before_ray_starts(tmp_path, capsys, mlflow_uri):
+    """MLflow keeps a deleted experiment's name and refuses runs in it: said before the sweep
+    starts, with how to restore it, and no sweep directory made."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    client.delete_experiment(client.create_experiment("s"))
+    (tmp_path / "space.yaml").write_text(SPACE)
+    code = main(["run", str(tmp_path / "space.yaml"), "--tracking-uri", mlflow_uri, "--storage-path", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lejepa-tune: error: {tmp_path / 'space.yaml'}: name: the MLflow experiment 's' was deleted at {mlflow_uri}"), err
+    assert "mlflow experiments restore --experiment-id" in err
+    assert not (tmp_path / "sweeps").exists()
+
+
 HUNG = "--tracking-uri: {uri}: the server accepted a connection but sent no answer in {seconds} s (MLFLOW_HTTP_REQUEST_TIMEOUT=SECONDS waits longer)"
 
 
