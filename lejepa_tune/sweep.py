@@ -92,12 +92,15 @@ def new_sweep_dir(storage_path: str, name: str) -> str:
     if "://" in storage_path:
         return join_uri(storage_path, f"{name}_{stamp}")
     root = Path(storage_path).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
     path, suffix = root / f"{name}_{stamp}", 1
-    while path.exists():
-        suffix += 1
-        path = root / f"{name}_{stamp}-{suffix}"
-    path.mkdir(parents=True)
-    return str(path)
+    while True:
+        try:
+            path.mkdir()  # made, or found made: two sweeps of one name started in one second each get their own
+            return str(path)
+        except FileExistsError:
+            suffix += 1
+            path = root / f"{name}_{stamp}-{suffix}"
 
 
 class _OptunaSearch(OptunaSearch):

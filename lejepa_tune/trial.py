@@ -50,7 +50,7 @@ def checkpointed_metrics(output_dir: str) -> dict[str, Any] | None:
         try:
             with fs.open_input_stream(f"{checkpoint}/metrics.json") as f:
                 metrics = json.loads(f.read())
-        except FileNotFoundError:  # a checkpoint being written when the driver died
+        except (FileNotFoundError, ValueError):  # a checkpoint being written when the driver died: missing or cut short
             continue
         return {**metrics, CHECKPOINT_PATH: checkpoint}
     return None

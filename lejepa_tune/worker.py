@@ -42,7 +42,8 @@ class RaySink:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        # A local copy of the checkpoint to read (a no-op on shared local storage).
+        # A local copy of the checkpoint to read (copied even from local storage: one model and
+        # optimiser state per rank, once per resume).
         self._restored = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="lejepa_resume_")))
         # The epoch the run resumes from is reported again: if the driver died while its result
         # was on the way, Tune and MLflow would miss it (MLflow logs each epoch once).

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -26,7 +27,7 @@ from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC, unpack_floats
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
 from lejepa_tune.sweep import (_concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
-                               orphaned_train_placement_groups, ray_address, run_sweep)
+                               new_sweep_dir, orphaned_train_placement_groups, ray_address, run_sweep)
 from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
@@ -375,3 +376,10 @@ def test_the_dashboard_hint_says_how_to_pass_a_token_dialog_where_there_is_or_ma
     assert asks.splitlines()[1] == "  it asks for a token: paste what `ray get-auth-token` prints on this machine"
     assert len(open_dashboard.splitlines()) == 1
     assert silent.splitlines()[1] == "  if it asks for a token: paste what `ray get-auth-token` prints on this machine"
+
+
+def test_sweeps_of_one_name_started_in_one_second_get_a_directory_each(tmp_path, monkeypatch):
+    monkeypatch.setattr("time.strftime", lambda fmt: "20261205-000000")
+    made = [new_sweep_dir(str(tmp_path / "sweeps"), "s") for _ in range(3)]
+    assert [Path(p).name for p in made] == ["s_20261205-000000", "s_20261205-000000-2", "s_20261205-000000-3"]
+    assert all(Path(p).is_dir() for p in made)

@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -131,3 +132,15 @@ def test_the_lock_of_a_database_in_a_directory_that_cannot_be_written_goes_to_th
     elsewhere = _lock_path(tmp_path / "mlflow.db")
     assert os.path.dirname(elsewhere) == tempfile.gettempdir() and os.path.basename(elsewhere).startswith("lejepa_tune_mlflow_")
     assert _lock_path(tmp_path / "other.db") != elsewhere
+
+
+def test_a_checkpoint_cut_short_when_the_driver_died_is_passed_over_for_the_one_before(tmp_path):
+    """A checkpoint still being written when the driver died: without its metrics, or with them
+    cut short. The trial's last checkpoint is then the one before it."""
+    run = tmp_path / "train" / "t1"
+    write_checkpoint(run, 0, 1)
+    write_checkpoint(run, 1, None)  # no metrics.json yet
+    cut = Path(write_checkpoint(run, 2, 3))
+    (cut / "metrics.json").write_text('{"epoch": 3, "train/lo')
+    found = checkpointed_metrics(str(run))
+    assert found[EPOCH] == 1 and found["checkpoint_path"].endswith("checkpoint_000000")
