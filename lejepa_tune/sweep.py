@@ -345,36 +345,42 @@ def run_sweep(
         sweep_dir, parent = resume, SweepTracker.find_parent(uri, experiment, resume)
 
     tracker = SweepTracker(uri, experiment, Path(sweep_dir).name, sweep_dir, parent_run_id=parent)
-    if parent is None:
-        tracker.log_sweep_params({k: v for k, v in spec_to_dict(spec).items() if k != "base"})
-    tracker.share_view(list(spec.search), spec.tune.metric, spec.tune.mode, REFERENCE_ACC)
-    print(f"MLflow: experiment '{experiment}', parent run {tracker.parent_run_id}", flush=True)
-    if tracker.tracking_uri.startswith(("http://", "https://")):
-        print(f"  runs: {tracker.ui_link(tracker.tracking_uri.rstrip('/'))}", flush=True)
-    else:
-        # One worker: several restart each other on health-check timeouts while a sweep runs.
-        print(f"  view it with: mlflow ui --backend-store-uri {tracker.display_uri} --host 127.0.0.1 --port 5000 --workers 1", flush=True)
-        print(f"  then open: {tracker.ui_link()}", flush=True)
-    print(f"Sweep directory: {sweep_dir}", flush=True)
+    # From here on the parent run exists: whatever fails before the sweep runs ends it FAILED,
+    # not RUNNING for good.
+    try:
+        if parent is None:
+            tracker.log_sweep_params({k: v for k, v in spec_to_dict(spec).items() if k != "base"})
+        tracker.share_view(list(spec.search), spec.tune.metric, spec.tune.mode, REFERENCE_ACC)
+        print(f"MLflow: experiment '{experiment}', parent run {tracker.parent_run_id}", flush=True)
+        if tracker.tracking_uri.startswith(("http://", "https://")):
+            print(f"  runs: {tracker.ui_link(tracker.tracking_uri.rstrip('/'))}", flush=True)
+        else:
+            # One worker: several restart each other on health-check timeouts while a sweep runs.
+            print(f"  view it with: mlflow ui --backend-store-uri {tracker.display_uri} --host 127.0.0.1 --port 5000 --workers 1", flush=True)
+            print(f"  then open: {tracker.ui_link()}", flush=True)
+        print(f"Sweep directory: {sweep_dir}", flush=True)
 
-    # Tune writes its experiment state (trials, searcher) every second, so that a driver that
-    # dies loses at most that: the default adapts to minutes on long sweeps.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    # Tune's CSV and JSON results of every trial are kept (``_new_tuner`` asks for them), but
-    # not its TensorBoard logger, which Tune adds unless told not to: its banner points at a
-    # staging directory, and the sweep's metrics are in MLflow.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    trainable = ray.tune.with_resources(
-        # The trial function only drives its Ray Train run's workers, so it reserves no CPU or
-        # GPU; Ray needs a non-empty request, hence a token of logical memory.
-        ray.tune.with_parameters(trial_driver, spec=spec, sweep_dir=sweep_dir, data=_shared_data(spec)),
-        {"CPU": 0, "memory": 2**20},
-    )
-    if resume is not None:
-        # The callbacks come back with the experiment; the MLflow one re-attaches itself.
-        tuner = ray.tune.Tuner.restore(join_uri(sweep_dir, "tune"), trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        tuner = _new_tuner(spec, sweep_dir, trainable, tracker, verbose)
+        # Tune writes its experiment state (trials, searcher) every second, so that a driver that
+        # dies loses at most that: the default adapts to minutes on long sweeps.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        # Tune's CSV and JSON results of every trial are kept (``_new_tuner`` asks for them), but
+        # not its TensorBoard logger, which Tune adds unless told not to: its banner points at a
+        # staging directory, and the sweep's metrics are in MLflow.
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        trainable = ray.tune.with_resources(
+            # The trial function only drives its Ray Train run's workers, so it reserves no CPU or
+            # GPU; Ray needs a non-empty request, hence a token of logical memory.
+            ray.tune.with_parameters(trial_driver, spec=spec, sweep_dir=sweep_dir, data=_shared_data(spec)),
+            {"CPU": 0, "memory": 2**20},
+        )
+        if resume is not None:
+            # The callbacks come back with the experiment; the MLflow one re-attaches itself.
+            tuner = ray.tune.Tuner.restore(join_uri(sweep_dir, "tune"), trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            tuner = _new_tuner(spec, sweep_dir, trainable, tracker, verbose)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
     status = "FAILED"
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None

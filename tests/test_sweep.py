@@ -383,3 +383,19 @@ def test_sweeps_of_one_name_started_in_one_second_get_a_directory_each(tmp_path,
     made = [new_sweep_dir(str(tmp_path / "sweeps"), "s") for _ in range(3)]
     assert [Path(p).name for p in made] == ["s_20261205-000000", "s_20261205-000000-2", "s_20261205-000000-3"]
     assert all(Path(p).is_dir() for p in made)
+
+
+@pytest.mark.slow
+def test_a_sweep_that_fails_before_its_trials_start_ends_its_mlflow_run_failed(local_ray, tmp_path, mlflow_uri, monkeypatch):
+    """The parent run is made before the data is shared and Tune set up: a failure there (here,
+    putting the decoded data in the object store) ends it FAILED, not RUNNING for good."""
+    def broken(spec):
+        raise OSError("the object store is full")
+
+    monkeypatch.setattr("lejepa_tune.sweep._shared_data", broken)
+    spec = sweep_spec_from_dict({"name": "setup_fails", "base": TINY_BASE, "search": {}, "tune": {"num_samples": 1}})
+    with pytest.raises(OSError, match="object store is full"):
+        run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=mlflow_uri, include_dashboard=False, verbose=0)
+    client = MlflowClient(mlflow_uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("setup_fails").experiment_id])
+    assert parent.data.tags["lejepa_tune.role"] == "sweep" and parent.info.status == "FAILED"
