@@ -208,7 +208,12 @@ class FinishingASHA(ASHAScheduler):
     the workers' placement group. Tune's stop kills the trial's actor, and with it the
     controller, in between: that placement group and its CPUs are never freed. Once two trials
     of a 32-trial sweep on two CPUs had ended that way, every later trial waited for CPUs
-    forever. A trial at its last epoch has nothing left to stop: it ends by itself."""
+    forever. A trial at its last epoch has nothing left to stop: it ends by itself.
+
+    Its clock is the epoch every report carries, not Tune's ``training_iteration``: that counts
+    the reports of the trial's current process, so it restarts at 1 when a sweep resumes, and
+    runs one ahead of the epochs after a Ray Train worker restart (which reports its
+    checkpoint's epoch again)."""
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get(self._time_attr, 0) >= self._max_t:
@@ -221,7 +226,7 @@ def _scheduler(spec: SweepSpec):
     epochs from ``grace_period`` on, never at the last epoch), or first in, first out."""
     if spec.tune.scheduler == "asha":
         return FinishingASHA(
-            time_attr="training_iteration",
+            time_attr=EPOCH,
             max_t=max(1, spec.base.train.epochs),
             grace_period=min(spec.tune.grace_period, max(1, spec.base.train.epochs)),
             reduction_factor=spec.tune.reduction_factor,
