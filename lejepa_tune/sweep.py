@@ -494,26 +494,37 @@ class _FreeOrphanedWorkers(Callback):
     """Frees the workers of trial runs whose controller died with the run's placement group
     still held (``orphaned_train_placement_groups``): every ``every_s`` seconds of the sweep's
     loop, and at its end, once the controllers of its last trials are gone (at most
-    ``end_wait_s``). Only a scheduler that stops trials leaves such runs behind."""
+    ``end_wait_s``). Only a scheduler that stops trials leaves such runs behind. A look that
+    fails (a busy GCS, a group being removed at that moment) is tried again at the next pass;
+    after ``give_up_after`` failed looks in a row (Ray's tables are internal, and may change) it
+    stops looking, and says so once."""
 
-    def __init__(self, every_s: float = 2.0, end_wait_s: float = 10.0):
+    def __init__(self, every_s: float = 2.0, end_wait_s: float = 10.0, give_up_after: int = 5):
         self.every_s = every_s
         self.end_wait_s = end_wait_s
+        self.give_up_after = give_up_after
         self._next = 0.0
-        self._broken = False
+        self._failed = 0
 
     def _free(self) -> dict[str, bool]:
         """Frees the groups of dead controllers; returns every group looked at, with whether its
-        controller is alive (none once looking has failed)."""
-        if self._broken:
+        controller is alive (none where looking failed)."""
+        if self._failed >= self.give_up_after:
             return {}
         try:
             held = _train_placement_groups()
-            freed = _remove_placement_groups([hex_id for hex_id, alive in held.items() if not alive])
         except Exception as err:  # Ray's GCS tables are internal: a change in them must not end the sweep
-            logger.warning("could not look for the placement groups of dead trial runs: %s", err)
-            self._broken = True
+            self._failed += 1
+            if self._failed == self.give_up_after:
+                logger.warning("could not look for the placement groups of dead trial runs (%d times in a row): %s", self._failed, err)
             return {}
+        self._failed = 0
+        freed = []
+        for hex_id in [hex_id for hex_id, alive in held.items() if not alive]:
+            try:
+                freed += _remove_placement_groups([hex_id])
+            except Exception as err:  # removed by another at the same moment, say: looked at again next pass
+                logger.info("could not free placement group %s yet: %s", hex_id, err)
         if freed:
             logger.info("freed the placement groups of %d trial run(s) whose controller had died: %s", len(freed), ", ".join(freed))
         return held

@@ -405,3 +405,34 @@ def test_a_sweep_that_fails_before_its_trials_start_ends_its_mlflow_run_failed(l
     client = MlflowClient(mlflow_uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("setup_fails").experiment_id])
     assert parent.data.tags["lejepa_tune.role"] == "sweep" and parent.info.status == "FAILED"
+
+
+def test_the_orphan_freer_looks_again_after_a_failed_look_and_gives_up_only_after_several_in_a_row(monkeypatch):
+    """Pure logic, Ray's tables stood in for: a failed look or removal is tried again at the
+    next pass; five failed looks in a row end the looking."""
+    from lejepa_tune import sweep
+
+    answers = iter([RuntimeError("GCS busy"), {"aa": False, "bb": True}, {"aa": False}] + [RuntimeError("gone")] * 6)
+    removed, refused = [], {"aa"}
+
+    def look():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def remove(ids):
+        if ids[0] in refused:
+            refused.discard(ids[0])
+            raise RuntimeError("being removed")
+        removed.extend(ids)
+        return ids
+
+    monkeypatch.setattr(sweep, "_train_placement_groups", look)
+    monkeypatch.setattr(sweep, "_remove_placement_groups", remove)
+    freer = sweep._FreeOrphanedWorkers()
+    assert freer._free() == {}  # the GCS was busy: nothing looked at
+    assert freer._free() == {"aa": False, "bb": True} and removed == []  # aa's removal refused this time
+    assert freer._free() == {"aa": False} and removed == ["aa"]  # and done at the next pass
+    assert [freer._free() for _ in range(6)] == [{}] * 6
+    assert freer._failed == 5 and next(answers, None) is not None  # five failed looks in a row: no sixth
