@@ -17,6 +17,7 @@ width, embeddings of one ``model.proj_dim``) and on the set itself (``labelfree.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -294,10 +295,15 @@ def evaluate_criteria(records: SweepRecords, *, n_boot: int = 1000, seed: int = 
         values[name] = FrozenDict((t.trial_id, crit.value(t)) for t in trials)
         pick = choose(completed, name)
         picks[name] = pick.trial_id if pick is not None else None
-        agreements[name] = agreement(
+        agreed = agreement(
             name, [t.trial_id for t in completed], [values[name][t.trial_id] for t in completed], acc,
             mode=crit.mode, groups=groups, n_boot=n_boot, seed=seed,
         )
+        if pick is not None and pick.trial_id in agreed.excluded:
+            # The agreement leaves out a trial without a reference accuracy, but the choice takes
+            # it: its regret is unknown, not that of the best of the others.
+            agreed = dataclasses.replace(agreed, regret=math.nan)
+        agreements[name] = agreed
     finite = [(a, t.trial_id) for a, t in zip(acc, completed) if math.isfinite(a)]
     best = max(finite, key=lambda pair: pair[0])[1] if finite else None  # the first best
     default, reason = default_criterion(records.spec)

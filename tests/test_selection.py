@@ -98,6 +98,13 @@ def test_evaluate_criteria_judges_every_criterion_against_the_reference():
     assert report.picks["loss"] == "t0" and loss.regret == pytest.approx(correct[2].mean() - correct[0].mean())
     assert report.not_completed == {"t4": "stopped"}
     assert report.reference == REFERENCE_ACC
+    # A completed trial without a reference accuracy that the objective picks: its regret is
+    # unknown, not that of the best trial among the others.
+    unjudged = rec("t5", params={"loss.lam": 0.02}, labelfree__objective=9.0)
+    report = evaluate_criteria(SweepRecords("s", records.spec, (*trials, unjudged), "/tmp/s"), n_boot=50)
+    assert report.picks["objective"] == "t5" and "t5" in report.agreements["objective"].excluded
+    assert math.isnan(report.agreements["objective"].regret)
+    assert report.agreements["loss"].regret == pytest.approx(loss.regret)  # a pick with an accuracy keeps its regret
     assert 0.9 < report.noise_ceiling <= 1.0  # trials 10 points apart on 1,000 images
     assert not report.validity["loss"].valid and report.validity["scaled_loss"].valid
 
