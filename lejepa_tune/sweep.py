@@ -17,6 +17,7 @@ two 1-worker trials run at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import optuna
 import ray
@@ -388,7 +389,8 @@ def run_sweep(
         raise
     status = "FAILED"
     main_thread = threading.current_thread() is threading.main_thread()
-    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    signals = [signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    before = {signum: signal.getsignal(signum) for signum in signals} if main_thread else {}
     _INTERRUPTED.clear()
     tune_log = logging.getLogger("ray.tune.tune")
     tune_log.addFilter(_without_tune_restore_hint)
@@ -404,8 +406,8 @@ def run_sweep(
     finally:
         tune_log.removeFilter(_without_tune_restore_hint)
         tracker.finish(status)
-        if main_thread:  # Tune leaves its handler installed after a run that was not interrupted
-            signal.signal(signal.SIGINT, sigint)
+        for signum, handler in before.items():  # Tune leaves its handlers installed after a run that was not interrupted
+            signal.signal(signum, handler)
     records = SweepRecords(
         name=spec.name, spec=spec_to_dict(spec), trials=trials, sweep_dir=sweep_dir, tracking_uri=uri,
         experiment=experiment, parent_run_id=tracker.parent_run_id, elapsed_s=time.perf_counter() - start,
@@ -426,22 +428,25 @@ def _without_tune_restore_hint(record: logging.LogRecord) -> bool:
 
 
 class _NoticeInterrupt(Callback):
-    """Notes a Ctrl+C. Tune ends a run gracefully on the first one (its state saved, its
-    trials stopped, ``fit`` returning as usual) and says so only in its log; this callback,
-    set up after Tune installed its SIGINT handler, chains itself in front of it, so that the
-    sweep knows it was interrupted (``lejepa-tune run --resume`` continues it). Tune's handler
-    still answers, and a second Ctrl+C gets the handler from before Tune's."""
+    """Notes a Ctrl+C, or a SIGUSR1 (which Tune takes the same way). Tune ends a run gracefully
+    on the first one (its state saved, its trials stopped, ``fit`` returning as usual) and says
+    so only in its log; this callback, set up after Tune installed its handlers, chains itself
+    in front of them, so that the sweep knows it was interrupted (``lejepa-tune run --resume``
+    continues it). Tune's handler still answers, and a second Ctrl+C gets the handler from
+    before Tune's."""
 
     def setup(self, **info):
-        tune_handler = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or not callable(tune_handler):
+        if threading.current_thread() is not threading.main_thread():
             return
+        for signum in (signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+            tune_handler = signal.getsignal(signum) if signum is not None else None
+            if callable(tune_handler):
+                signal.signal(signum, functools.partial(_noticed, tune_handler))
 
-        def noticed(signum, frame):
-            _INTERRUPTED.set()
-            tune_handler(signum, frame)
 
-        signal.signal(signal.SIGINT, noticed)
+def _noticed(tune_handler: Callable[[int, Any], Any], signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
+    tune_handler(signum, frame)
 
 
 def _train_placement_groups() -> dict[str, bool]:

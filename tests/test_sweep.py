@@ -436,3 +436,27 @@ def test_the_orphan_freer_looks_again_after_a_failed_look_and_gives_up_only_afte
     assert freer._free() == {"aa": False} and removed == ["aa"]  # and done at the next pass
     assert [freer._free() for _ in range(6)] == [{}] * 6
     assert freer._failed == 5 and next(answers, None) is not None  # five failed looks in a row: no sixth
+
+
+def test_a_sigusr1_which_tune_takes_as_an_interruption_is_noticed_like_a_ctrl_c():
+    """Tune ends a run on SIGUSR1 as on SIGINT: the sweep must know it was interrupted (and
+    be resumable), and Tune's handler must still answer."""
+    import os
+    import signal
+
+    from lejepa_tune import sweep
+
+    answered = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        for signum in before:  # what Tune installs as a run starts
+            signal.signal(signum, lambda signum, frame: answered.append(signum))
+        sweep._INTERRUPTED.clear()
+        sweep._NoticeInterrupt().setup()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.1)
+        assert sweep._INTERRUPTED.is_set() and answered == [signal.SIGUSR1]
+    finally:
+        sweep._INTERRUPTED.clear()
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
