@@ -29,15 +29,9 @@ from lejepa_tune.agreement import spearman
 from lejepa_tune.metrics import OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import SweepRecords, TrialRecord, read_records, write_records
 from lejepa_tune.report import format_table
+from near_ties import sweep_dirs  # this directory's: sweep directories, or the directories holding them
 
 LAM, LR = "loss.lam", "optim.lr"
-
-
-def sweep_dirs(paths: list[str]) -> list[Path]:
-    found = []
-    for p in map(Path, paths):
-        found += [p] if (p / "records.json").is_file() else sorted(d.parent for d in p.rglob("records.json") if (d.parent / "tune").is_dir())
-    return found
 
 
 def lean(records: SweepRecords, name: str) -> dict | None:
