@@ -499,7 +499,9 @@ class _FreeOrphanedWorkers(Callback):
     """Frees the workers of trial runs whose controller died with the run's placement group
     still held (``orphaned_train_placement_groups``): every ``every_s`` seconds of the sweep's
     loop, and at its end, once the controllers of its last trials are gone (at most
-    ``end_wait_s``). Only a scheduler that stops trials leaves such runs behind. A look that
+    ``end_wait_s``). A scheduler that stops trials leaves such runs behind, and so does an
+    interrupted sweep (Ctrl+C stops its running trials), which matters where the process goes on
+    using its Ray (a notebook, a script): a Ray the process started ends with it. A look that
     fails (a busy GCS, a group being removed at that moment) is tried again at the next pass;
     after ``give_up_after`` failed looks in a row (Ray's tables are internal, and may change) it
     stops looking, and says so once."""
@@ -556,9 +558,7 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     mlflow = MLflowTrialCallback(tracker, resolve_trial, checkpointed)
     optuna_url = _optuna_storage(sweep_dir)
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt(),
-                 CSVLoggerCallback(), JsonLoggerCallback()]
-    if spec.tune.scheduler != "none":
-        callbacks.append(_FreeOrphanedWorkers())
+                 CSVLoggerCallback(), JsonLoggerCallback(), _FreeOrphanedWorkers()]
     return ray.tune.Tuner(
         trainable,
         param_space=_param_space(spec),

@@ -287,6 +287,41 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     assert local_ray.available_resources().get("CPU", 0) == 2
 
 
+@pytest.mark.slow
+def test_an_interrupted_sweep_gives_its_workers_cpus_back_to_the_ray_it_leaves_running(local_ray, tmp_path, mlflow_uri):
+    """A sweep run from Python (a notebook, a script that goes on using its Ray), without a
+    scheduler, interrupted mid-trial: Tune stops the trial and kills its Ray Train controller,
+    whose workers' placement group stayed taken (1 of 2 CPUs, still taken 30 s later, with or
+    without the dashboard) until the process ended. The sweep frees it as it frees the groups
+    of trials a scheduler stops. The signal is SIGUSR1, which Tune takes as it takes a Ctrl+C;
+    the handler set here answers one that came too early or too late, and then the trial would
+    not read "interrupted"."""
+    import os
+    import signal
+
+    spec = sweep_spec_from_dict({"name": "interrupted", "base": {**TINY_BASE, "train": {"epochs": 30, "batch_size": 32}},
+                                 "search": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, "tune": {"num_samples": 1}})
+    sweeps = tmp_path / "sweeps"
+
+    def interrupt_after_the_first_report():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any(p.stat().st_size for p in sweeps.rglob("result.json")):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        threading.Thread(target=interrupt_after_the_first_report, daemon=True).start()
+        (trial,) = run_sweep(spec, storage_path=str(sweeps), tracking_uri=mlflow_uri, verbose=0).trials
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert trial.status == "interrupted" and 1 <= trial.epochs < 30
+    deadline = time.monotonic() + 10
+    while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert local_ray.available_resources().get("CPU", 0) == 2
+
+
 @pytest.mark.slow  # the only test outside the sweeps that needs the local Ray: its start is 5-10 s of the quick loop
 def test_the_placement_group_of_a_dead_train_controller_is_found_and_freed(local_ray):
     """A controller killed with its run's placement group held (as when Tune stops a trial
