@@ -44,14 +44,16 @@ from lejepa_tune.report import format_table
 from lejepa_tune.selection import NEAR_TIE_LEVEL, choose, near_ties
 
 
-def labelfree_features(checkpoint: Path, cache: dict) -> tuple[dict[str, torch.Tensor], int]:
+def labelfree_features(checkpoint: Path, cache: dict, num_images: int | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """The features of the checkpoint's label-free views (:func:`lejepa_tune.labelfree.embed_views`,
-    as the trial measured them after its last epoch), and the seed of its resamples."""
+    as the trial measured them after its last epoch), and the seed of its resamples. With
+    ``num_images``: on that many images instead (at most the training split), drawn the same way."""
     cfg = load_config(checkpoint / "config.yaml")
-    key = json.dumps([repr(cfg.data), repr(cfg.labelfree), repr(cfg.views if cfg.labelfree.views is None else cfg.labelfree.views)])
+    key = json.dumps([repr(cfg.data), repr(cfg.labelfree), repr(cfg.views if cfg.labelfree.views is None else cfg.labelfree.views), num_images])
     if key not in cache:
         splits = build_datasets(cfg.data)
-        cache[key] = LabelFreeSet(splits.train, cfg.labelfree, cfg.views), splits.num_classes
+        lf = cfg.labelfree if num_images is None else dataclasses.replace(cfg.labelfree, num_images=min(num_images, len(splits.train)))
+        cache[key] = LabelFreeSet(splits.train, lf, cfg.views), splits.num_classes
     lfset, num_classes = cache[key]
     model = build_model(cfg.model, num_classes)
     model.backbone.load_state_dict(torch.load(checkpoint / "encoder.pt", map_location="cpu", weights_only=True))

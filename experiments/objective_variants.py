@@ -25,7 +25,6 @@ so a replay judges another criterion's choice among the same trials, not a sweep
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -37,15 +36,11 @@ import torch
 from scipy.special import digamma
 
 from lejepa_tune.agreement import spearman
-from lejepa_tune.config import load_config
-from lejepa_tune.data import build_datasets
 from lejepa_tune.evaluate import gaussian_mi, view_covariances
-from lejepa_tune.labelfree import LabelFreeSet, embed_views
 from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_SOURCE, REFERENCE_ACC
-from lejepa_tune.models import build_model
 from lejepa_tune.records import read_records
 from lejepa_tune.report import format_table
-from near_ties import smoke, sweep_dirs  # this directory's
+from near_ties import labelfree_features, smoke, sweep_dirs  # this directory's
 
 VARIANTS = ("reported", "debiased", "larger set", "larger set, debiased")
 
@@ -73,24 +68,6 @@ def debiased_gaussian_mi(feats: torch.Tensor, eps: float = 1e-3) -> float:
     return 0.5 * ((log_det_views - wishart_log_det_bias(m - 1, d)) - (log_det_within - wishart_log_det_bias(m * (q - 1), d)))
 
 
-def features(checkpoint: Path, cache: dict, num_images: int | None) -> torch.Tensor:
-    """The objective's features of the checkpoint's label-free views, on the trial's own set or on
-    ``num_images`` images (at most the training split) drawn the same way."""
-    cfg = load_config(checkpoint / "config.yaml")
-    lf = cfg.labelfree
-    key = json.dumps([repr(cfg.data), repr(lf), repr(cfg.views), num_images])
-    if key not in cache:
-        splits = build_datasets(cfg.data)
-        if num_images is not None:
-            lf = dataclasses.replace(lf, num_images=min(num_images, len(splits.train)))
-        cache[key] = LabelFreeSet(splits.train, lf, cfg.views), splits.num_classes
-    lfset, num_classes = cache[key]
-    model = build_model(cfg.model, num_classes)
-    model.backbone.load_state_dict(torch.load(checkpoint / "encoder.pt", map_location="cpu", weights_only=True))
-    model.projector.load_state_dict(torch.load(checkpoint / "projector.pt", map_location="cpu", weights_only=True))
-    return embed_views(model, lfset, torch.device("cpu"), None)[OBJECTIVE_SOURCE[0]]
-
-
 def replay(sweep_dir: Path, images: int) -> dict:
     records = read_records(str(sweep_dir))
     done = [t for t in records.trials if t.status == "completed" and t.checkpoint
@@ -99,7 +76,7 @@ def replay(sweep_dir: Path, images: int) -> dict:
     scores: dict[str, list[float]] = {v: [] for v in VARIANTS}
     drift, larger = 0.0, 0
     for t in done:
-        own, big = features(Path(t.checkpoint), cache, None), features(Path(t.checkpoint), cache, images)
+        own, big = (labelfree_features(Path(t.checkpoint), cache, n)[0][OBJECTIVE_SOURCE[0]] for n in (None, images))
         drift = max(drift, abs(gaussian_mi(own) - t.metrics[OBJECTIVE]) / abs(t.metrics[OBJECTIVE]))
         larger = big.shape[0]
         for name, value in zip(VARIANTS, (t.metrics[OBJECTIVE], debiased_gaussian_mi(own), gaussian_mi(big), debiased_gaussian_mi(big))):
@@ -133,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     results = [replay(d, args.images) for d in dirs]
     head = ["sweep", "trials", *(f"{v}: ρ / regret" for v in VARIANTS)]
     rows = [[r["sweep"], r["trials"], *(f"{r['variants'][v]['rho']:.2f} / {r['variants'][v]['regret']:.1f}" for v in VARIANTS)] for r in results]
-    mean = lambda v, k: statistics.fmean(r["variants"][v][k] for r in results)  # noqa: E731
+    def mean(variant: str, key: str) -> float:
+        return statistics.fmean(r["variants"][variant][key] for r in results)
+
     rows.append([f"mean of {len(results)}", "", *(f"{mean(v, 'rho'):.2f} / {mean(v, 'regret'):.2f}" for v in VARIANTS)])
     print(f"larger set: {', '.join(sorted({str(r['larger_set']) for r in results}))} images; "
           f"the reported objective recomputed within {max(r['recomputed_drift'] for r in results):.1e} (relative)")
