@@ -96,7 +96,8 @@ def needs_placement_group_cleaner(spec: SweepSpec, alive_nodes: int) -> bool:
     node (a lost node can take the trial's actor, and the controller with it, while the workers'
     resources on the other nodes stay held). A trial no scheduler stops, on one node, ends by
     itself or fails, and its controller frees the placement group either way; when the sweep's
-    driver dies, Ray frees its job's placement groups."""
+    driver dies, Ray frees its job's placement groups. (An interrupted sweep stops its running
+    trials too; the sweep frees what their runs held itself, ``sweep._FreeOrphanedWorkers``.)"""
     return spec.tune.scheduler != "none" or alive_nodes > 1
 
 
