@@ -13,6 +13,7 @@ runs. Keys are namespaced:
 from __future__ import annotations
 
 import base64
+import json
 import math
 
 import numpy as np
@@ -51,6 +52,9 @@ __all__ = [
     "unpack_bits",
     "pack_floats",
     "unpack_floats",
+    "CHECKPOINT_FILES",
+    "checkpoint_metrics_text",
+    "read_checkpoint_metrics",
 ]
 
 # The training loop, every epoch (means over the epoch's steps and over ranks).
@@ -169,3 +173,23 @@ def objective(values: "dict[str, float]") -> float:
     """The declared label-free objective from the label-free criteria of one measurement
     (higher is better; see :data:`OBJECTIVE`)."""
     return float(values[labelfree_key(*OBJECTIVE_SOURCE)])
+
+
+# A checkpoint's ``metrics.json`` holds, beside the metrics of its epoch, the size of every other
+# file of the checkpoint under this key. Ray uploads a checkpoint's files side by side, so a copy
+# cut short (its driver or node died meanwhile) can hold the small ``metrics.json`` whole and a
+# model file in part; the sizes tell such a copy from a whole one.
+CHECKPOINT_FILES = "checkpoint_files"
+
+
+def checkpoint_metrics_text(metrics: "dict[str, object]", files: "dict[str, int]") -> str:
+    """The text of a checkpoint's ``metrics.json``: ``metrics`` and the sizes of its ``files``."""
+    return json.dumps({**metrics, CHECKPOINT_FILES: files}, indent=2)
+
+
+def read_checkpoint_metrics(text: "str | bytes") -> "tuple[dict[str, object], dict[str, int]]":
+    """``(metrics, file sizes)`` of a checkpoint's ``metrics.json`` (no sizes from a checkpoint
+    written before they were kept). ``ValueError`` when the text is not whole JSON."""
+    metrics = json.loads(text)
+    files = metrics.pop(CHECKPOINT_FILES, None) or {}
+    return metrics, {str(k): int(v) for k, v in files.items()}

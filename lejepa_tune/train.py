@@ -472,13 +472,15 @@ def _wrap_ddp(model: LeJEPAModel, device: torch.device) -> nn.Module:
 def save_checkpoint(directory: Path, model: LeJEPAModel, opt: torch.optim.Optimizer, cfg: Config, epoch: int, step: int, metrics: dict) -> Path:
     """Writes into ``directory``: ``encoder.pt`` (the timm backbone's state dict) and
     ``projector.pt`` (what an export needs), ``state.pt`` (model with probe, optimiser, epoch
-    and step: what resuming needs), ``config.yaml`` and ``metrics.json``."""
+    and step: what resuming needs), ``config.yaml`` and ``metrics.json`` (with the other files'
+    sizes, :func:`lejepa_tune.metrics.read_checkpoint_metrics`)."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.backbone.state_dict(), directory / "encoder.pt")
     torch.save(model.projector.state_dict(), directory / "projector.pt")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step}, directory / CHECKPOINT_STATE)
     save_config(cfg, directory / "config.yaml")
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    files = {name: (directory / name).stat().st_size for name in ("encoder.pt", "projector.pt", CHECKPOINT_STATE, "config.yaml")}
+    (directory / "metrics.json").write_text(M.checkpoint_metrics_text(metrics, files))  # last: with the others' sizes
     return directory
 
 
@@ -491,5 +493,5 @@ def load_checkpoint(directory: str | Path, model: LeJEPAModel, opt: torch.optim.
     state = torch.load(directory / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    metrics = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").is_file() else {}
+    metrics = M.read_checkpoint_metrics((directory / "metrics.json").read_text())[0] if (directory / "metrics.json").is_file() else {}
     return int(state["epoch"]), int(state["step"]), metrics

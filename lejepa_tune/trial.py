@@ -10,7 +10,6 @@ trial's start-up is paid in imports. The workers' own side is :mod:`lejepa_tune.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from .backend import torch_trainer
 from .config import config_to_dict
-from .metrics import EPOCH
+from .metrics import EPOCH, read_checkpoint_metrics
 from .records import filesystem, join_uri
 from .search_space import SweepSpec, trial_config
 from .worker import train_worker
@@ -49,11 +48,19 @@ def checkpointed_metrics(output_dir: str) -> dict[str, Any] | None:
     for checkpoint in reversed(checkpoints):
         try:
             with fs.open_input_stream(f"{checkpoint}/metrics.json") as f:
-                metrics = json.loads(f.read())
+                metrics, files = read_checkpoint_metrics(f.read())
         except (FileNotFoundError, ValueError):  # a checkpoint being written when the driver died: missing or cut short
+            continue
+        if not _whole(fs, checkpoint, files):  # its metrics copied whole, but not every model file
             continue
         return {**metrics, CHECKPOINT_PATH: checkpoint}
     return None
+
+
+def _whole(fs: pyarrow.fs.FileSystem, checkpoint: str, files: Mapping[str, int]) -> bool:
+    """Whether every file of ``files`` is in ``checkpoint`` at its size."""
+    infos = fs.get_file_info([f"{checkpoint}/{name}" for name in files])
+    return all(i.type == pyarrow.fs.FileType.File and i.size == files[i.base_name] for i in infos)
 
 
 def finished_run(output_dir: str, epochs: int) -> dict[str, Any] | None:

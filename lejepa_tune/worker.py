@@ -8,7 +8,6 @@ not pay for it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ import ray
 import ray.train
 
 from .config import Config, config_from_dict
-from .metrics import DIVERGED, EPOCH, label_free_modes
+from .metrics import DIVERGED, EPOCH, label_free_modes, read_checkpoint_metrics
 
 if TYPE_CHECKING:
     from .train import Stream
@@ -49,7 +48,7 @@ class RaySink:
         # was on the way, Tune and MLflow would miss it (MLflow logs each epoch once).
         metrics = self._restored / "metrics.json"
         if metrics.is_file():
-            ray.train.report(json.loads(metrics.read_text()))
+            ray.train.report(read_checkpoint_metrics(metrics.read_text())[0])
         return self._restored
 
     def checkpoint_dir(self) -> Path:

@@ -144,3 +144,35 @@ def test_a_checkpoint_cut_short_when_the_driver_died_is_passed_over_for_the_one_
     (cut / "metrics.json").write_text('{"epoch": 3, "train/lo')
     found = checkpointed_metrics(str(run))
     assert found[EPOCH] == 1 and found["checkpoint_path"].endswith("checkpoint_000000")
+
+
+@pytest.mark.parametrize("damage", ["encoder.pt in part", "state.pt missing"])
+def test_a_checkpoint_whose_model_files_were_copied_in_part_is_passed_over_for_the_one_before(tmp_path, damage):
+    """Ray copies a checkpoint's files side by side, so a copy cut short when its driver or node
+    died can hold the small metrics.json whole and a model file in part, or not yet at all. The
+    sizes that save_checkpoint keeps in metrics.json tell such a copy; what reads the metrics
+    (the sweep, a resumed run) does not see them."""
+    import torch
+
+    from lejepa_tune.metrics import CHECKPOINT_FILES
+    from lejepa_tune.models import build_model
+    from lejepa_tune.train import load_checkpoint, save_checkpoint
+    from tiny import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    model = build_model(cfg.model, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = tmp_path / "train" / "t1"
+    for epoch in (1, 2):
+        save_checkpoint(run / f"checkpoint_00000{epoch}", model, opt, cfg, epoch, 10 * epoch, {EPOCH: epoch, LOSS: 1.0 / epoch})
+    found = checkpointed_metrics(str(run))
+    assert found == {EPOCH: 2, LOSS: 0.5, "checkpoint_path": str(run / "checkpoint_000002")}
+    assert load_checkpoint(run / "checkpoint_000002", model, opt, cfg)[2] == {EPOCH: 2, LOSS: 0.5}
+    name, _, how = damage.partition(" ")
+    path = run / "checkpoint_000002" / name
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    found = checkpointed_metrics(str(run))
+    assert found[EPOCH] == 1 and found["checkpoint_path"].endswith("checkpoint_000001") and CHECKPOINT_FILES not in found
