@@ -191,5 +191,7 @@ def read_checkpoint_metrics(text: "str | bytes") -> "tuple[dict[str, object], di
     """``(metrics, file sizes)`` of a checkpoint's ``metrics.json`` (no sizes from a checkpoint
     written before they were kept). ``ValueError`` when the text is not whole JSON."""
     metrics = json.loads(text)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get(CHECKPOINT_FILES, {}), dict):
+        raise ValueError("a checkpoint's metrics.json holds one JSON object, its files' sizes one too")
     files = metrics.pop(CHECKPOINT_FILES, None) or {}
     return metrics, {str(k): int(v) for k, v in files.items()}

@@ -504,7 +504,9 @@ class _FreeOrphanedWorkers(Callback):
     using its Ray (a notebook, a script): a Ray the process started ends with it. A look that
     fails (a busy GCS, a group being removed at that moment) is tried again at the next pass;
     after ``give_up_after`` failed looks in a row (Ray's tables are internal, and may change) it
-    stops looking, and says so once."""
+    stops looking, and says so once. At the end it waits only on runs whose group it did not
+    see before the sweep began: another Ray Train run of the same process (a notebook's, an
+    earlier sweep's) is not its own to wait for."""
 
     def __init__(self, every_s: float = 2.0, end_wait_s: float = 10.0, give_up_after: int = 5):
         self.every_s = every_s
@@ -512,6 +514,13 @@ class _FreeOrphanedWorkers(Callback):
         self.give_up_after = give_up_after
         self._next = 0.0
         self._failed = 0
+        self._before: set[str] = set()
+
+    def setup(self, **info):
+        try:
+            self._before = set(_train_placement_groups())
+        except Exception:  # looked at again, and said so, at the sweep's passes
+            self._before = set()
 
     def _free(self) -> dict[str, bool]:
         """Frees the groups of dead controllers; returns every group looked at, with whether its
@@ -543,7 +552,8 @@ class _FreeOrphanedWorkers(Callback):
 
     def on_experiment_end(self, trials, **info):
         deadline = time.monotonic() + self.end_wait_s
-        while any(self._free().values()) and time.monotonic() < deadline:  # a controller is yet to die
+        # A controller of this sweep's is yet to die.
+        while any(alive for hex_id, alive in self._free().items() if hex_id not in self._before) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 

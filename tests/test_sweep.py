@@ -303,17 +303,23 @@ def test_an_interrupted_sweep_gives_its_workers_cpus_back_to_the_ray_it_leaves_r
                                  "search": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, "tune": {"num_samples": 1}})
     sweeps = tmp_path / "sweeps"
 
+    done = threading.Event()
+
     def interrupt_after_the_first_report():
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not any(p.stat().st_size for p in sweeps.rglob("result.json")):
+        while not done.is_set() and time.monotonic() < deadline and not any(p.stat().st_size for p in sweeps.rglob("result.json")):
             time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     before = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    interrupter = threading.Thread(target=interrupt_after_the_first_report, daemon=True)
     try:
-        threading.Thread(target=interrupt_after_the_first_report, daemon=True).start()
+        interrupter.start()
         (trial,) = run_sweep(spec, storage_path=str(sweeps), tracking_uri=mlflow_uri, verbose=0).trials
-    finally:
+    finally:  # no signal after the handler set here is gone: the default one would end pytest
+        done.set()
+        interrupter.join()
         signal.signal(signal.SIGUSR1, before)
     assert trial.status == "interrupted" and 1 <= trial.epochs < 30
     deadline = time.monotonic() + 10
@@ -471,6 +477,25 @@ def test_the_orphan_freer_looks_again_after_a_failed_look_and_gives_up_only_afte
     assert freer._free() == {"aa": False} and removed == ["aa"]  # and done at the next pass
     assert [freer._free() for _ in range(6)] == [{}] * 6
     assert freer._failed == 5 and next(answers, None) is not None  # five failed looks in a row: no sixth
+
+
+def test_the_orphan_freer_waits_at_the_end_only_for_runs_of_its_own_sweep(monkeypatch):
+    """Pure logic, Ray's tables stood in for: a Ray Train run that held its group before the
+    sweep began (a notebook's own, another sweep's) is not waited for at the sweep's end; a run
+    of the sweep's own, still ending, is, for at most ``end_wait_s``."""
+    from lejepa_tune import sweep
+
+    held = {"theirs": True}
+    monkeypatch.setattr(sweep, "_train_placement_groups", lambda: dict(held))
+    freer = sweep._FreeOrphanedWorkers(end_wait_s=0.6)
+    freer.setup()
+    started = time.monotonic()
+    freer.on_experiment_end(trials=[])
+    assert time.monotonic() - started < 0.3
+    held["ours"] = True
+    started = time.monotonic()
+    freer.on_experiment_end(trials=[])
+    assert time.monotonic() - started >= 0.6
 
 
 def test_a_sigusr1_which_tune_takes_as_an_interruption_is_noticed_like_a_ctrl_c():
