@@ -389,8 +389,7 @@ def run_sweep(
         raise
     status = "FAILED"
     main_thread = threading.current_thread() is threading.main_thread()
-    signals = [signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
-    before = {signum: signal.getsignal(signum) for signum in signals} if main_thread else {}
+    before = {signum: signal.getsignal(signum) for signum in _TUNE_SIGNALS} if main_thread else {}
     _INTERRUPTED.clear()
     tune_log = logging.getLogger("ray.tune.tune")
     tune_log.addFilter(_without_tune_restore_hint)
@@ -418,6 +417,8 @@ def run_sweep(
 
 
 _INTERRUPTED = threading.Event()
+# The signals on which Tune ends a run gracefully (SIGUSR1 where the platform has it).
+_TUNE_SIGNALS = (signal.SIGINT, *((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()))
 
 
 def _without_tune_restore_hint(record: logging.LogRecord) -> bool:
@@ -438,8 +439,8 @@ class _NoticeInterrupt(Callback):
     def setup(self, **info):
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-            tune_handler = signal.getsignal(signum) if signum is not None else None
+        for signum in _TUNE_SIGNALS:
+            tune_handler = signal.getsignal(signum)
             if callable(tune_handler):
                 signal.signal(signum, functools.partial(_noticed, tune_handler))
 
