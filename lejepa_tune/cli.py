@@ -88,11 +88,11 @@ def _load_spec(args: argparse.Namespace):
 def _load_checked_spec(args: argparse.Namespace):
     """The search space, checked against timm and the data too: a bad space fails here,
     before Ray starts, not once per trial."""
-    from .preflight import check_sweep, labelfree_width_note
+    from .preflight import check_sweep, sweep_width_note
 
     spec = _load_spec(args)
     check_sweep(spec)
-    note = labelfree_width_note(spec.base)
+    note = sweep_width_note(spec)
     if note:
         print(f"warning: {spec.source}: {note}", file=sys.stderr)
     return spec

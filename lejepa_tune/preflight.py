@@ -14,11 +14,14 @@ from .data import DataSplits, build_datasets
 from .models import create_backbone, known_backbone
 from .search_space import SweepSpec, corners, trial_config
 
-__all__ = ["check_trainable", "check_sweep", "labelfree_width_note"]
+__all__ = ["check_trainable", "check_sweep", "labelfree_width_note", "sweep_width_note"]
 
 # The searched keys (besides data.* and model.backbone_kwargs.*) whose values check_trainable
 # looks at.
 _TRAINABLE_KEYS = ("model.backbone", "train.batch_size", "labelfree.num_images", "views.global_size", "views.local_size", "views.n_local")
+# The searched keys (besides model.backbone_kwargs.*) that set the backbone's width or the
+# label-free set's size.
+_WIDTH_KEYS = ("model.backbone", "labelfree.num_images", "labelfree.num_views")
 
 
 def check_trainable(cfg: Config, built: dict[DataConfig, DataSplits] | None = None) -> DataSplits:
@@ -78,6 +81,39 @@ def labelfree_width_note(cfg: Config) -> str | None:
     most by directions that carry only view noise (``experiments/objective_bias.py`` measures
     it). ``None`` where there are enough, or where the backbone cannot be built on the meta
     device."""
+    short = _labelfree_shortfall(cfg)
+    if short is None:
+        return None
+    width, samples, needed = short
+    lf = cfg.labelfree
+    return (f"labelfree.num_images: {lf.num_images} images with {lf.num_views} views give {samples} within-image samples for the "
+            f"{width} features of {cfg.model.backbone}, fewer than twice as many: the objective is biased upwards (most by directions "
+            f"of pure view noise{'; at this size its within-image covariance is singular' if samples <= width else ''}); set labelfree.num_images to at least {needed}")
+
+
+def sweep_width_note(spec: SweepSpec) -> str | None:
+    """:func:`labelfree_width_note` for every trial ``spec`` can run: at every combination of the
+    extreme values of the searched keys that set the backbone's width or the label-free set's
+    size, the note of the trials that need the most images, with the searched values behind it.
+    A sweep that searches the width is warned of its widest trials, not only of its base."""
+    keys = [k for k in spec.search if k in _WIDTH_KEYS or k.startswith("model.backbone_kwargs.")]
+    worst: tuple[int, Config, dict[str, Any]] | None = None
+    for params in corners(spec.search, keys):
+        cfg = trial_config(spec, params)
+        short = _labelfree_shortfall(cfg)
+        if short is not None and (worst is None or short[2] > worst[0]):
+            worst = (short[2], cfg, params)
+    if worst is None:
+        return None
+    _, cfg, params = worst
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return labelfree_width_note(cfg) + (f" (in trials with {shown})" if shown else "")
+
+
+def _labelfree_shortfall(cfg: Config) -> tuple[int, int, int] | None:
+    """``(width, samples, images needed)`` where the label-free set gives fewer within-image
+    samples than twice the backbone's width; ``None`` where it does not, or where the backbone
+    cannot be built on the meta device."""
     import torch
 
     try:
@@ -89,10 +125,7 @@ def labelfree_width_note(cfg: Config) -> str | None:
     samples = lf.num_images * (lf.num_views - 1)
     if not isinstance(width, int) or samples >= 2 * width:
         return None
-    needed = -(-2 * width // (lf.num_views - 1))
-    return (f"labelfree.num_images: {lf.num_images} images with {lf.num_views} views give {samples} within-image samples for the "
-            f"{width} features of {cfg.model.backbone}, fewer than twice as many: the objective is biased upwards (most by directions "
-            f"of pure view noise{'; at this size its within-image covariance is singular' if samples <= width else ''}); set labelfree.num_images to at least {needed}")
+    return width, samples, -(-2 * width // (lf.num_views - 1))
 
 
 def check_sweep(spec: SweepSpec) -> None:

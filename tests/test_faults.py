@@ -4,19 +4,21 @@ Real Ray, a real MLflow SQLite store, a real Optuna study."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lejepa_tune.metrics import EPOCH, LOSS, OBJECTIVE, REFERENCE_ACC
+from lejepa_tune.metrics import CHECKPOINT_FILES, EPOCH, LOSS, OBJECTIVE, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
 from lejepa_tune.sweep import run_sweep
@@ -72,6 +74,13 @@ def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path, m
     assert trial.status == "completed" and trial.epochs == 4
     (run,) = children(client, "killed_worker")  # one MLflow run, not two
     assert epochs_logged(client, run.info.run_id) == [1, 2, 3, 4]  # every epoch once
+    # The restarted worker reported its checkpoint's epoch again (Tune saw one epoch twice), with
+    # its metrics only: the sizes of the checkpoint's files, which metrics.json holds, are not.
+    (result,) = Path(records.sweep_dir).glob("tune/*/result.json")
+    reported = [json.loads(line) for line in result.read_text().splitlines()]
+    epochs = [r[EPOCH] for r in reported]
+    assert epochs == sorted(epochs) and sorted(set(epochs)) == [1, 2, 3, 4] and len(epochs) == 5, epochs
+    assert not any(CHECKPOINT_FILES in r for r in reported)
     # The same seed, never interrupted: the same numbers, since every random stream of an epoch
     # is seeded by (seed, epoch) and the model, optimiser and counters come from the checkpoint.
     whole = train_like_a_worker(trial_config(spec, {}, str(tmp_path / "uninterrupted")))

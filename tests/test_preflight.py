@@ -127,3 +127,30 @@ def test_a_label_free_set_small_for_the_backbones_width_is_warned_of_with_the_si
     vits = load_sweep_spec(str(Path(__file__).resolve().parents[1] / "search_spaces" / "imagenette_vits8.yaml"), [])
     assert labelfree_width_note(vits.base) is None
     assert "for the 384 features of vit_small_patch8_224" in labelfree_width_note(dataclasses.replace(vits.base, labelfree=LabelFreeConfig()))
+
+
+def test_a_sweep_that_searches_the_width_is_warned_of_its_widest_trials_and_validate_prints_it(tmp_path, capsys):
+    """The note is made for every trial a sweep can run, not only for its base: a base of 96
+    features has enough label-free images (256 of 2 views), its searched width of 192 does not.
+    `lejepa-tune validate` prints it as a warning naming the file, and exits 0."""
+    import yaml
+
+    from lejepa_tune.cli import main
+    from lejepa_tune.preflight import sweep_width_note
+
+    base = {"data": {"max_train_samples": 300, "max_val_samples": 20}, "labelfree": {"num_images": 256}}
+    assert sweep_width_note(sweep_spec_from_dict({"name": "s", "base": base, "search": {}})) is None
+    widths = {"model.backbone_kwargs.embed_dim": {"type": "choice", "values": [96, 192]}}
+    note = sweep_width_note(sweep_spec_from_dict({"name": "s", "base": base, "search": widths}))
+    assert note.startswith("labelfree.num_images: 256 images with 2 views give 256 within-image samples for the 192 features of ")
+    assert note.endswith("set labelfree.num_images to at least 384 (in trials with model.backbone_kwargs.embed_dim=192)")
+    # Of two searched sizes of the set, the smaller is the one named.
+    sizes = {"labelfree.num_images": {"type": "choice", "values": [150, 256]}}
+    note = sweep_width_note(sweep_spec_from_dict({"name": "s", "base": base, "search": sizes}))
+    assert note.startswith("labelfree.num_images: 150 images") and note.endswith("at least 192 (in trials with labelfree.num_images=150)")
+
+    space = tmp_path / "wide.yaml"
+    space.write_text(yaml.safe_dump({"name": "wide", "base": base, "search": widths}))
+    assert main(["validate", str(space)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {space}: labelfree.num_images: 256 images" in err and "(in trials with model.backbone_kwargs.embed_dim=192)" in err

@@ -32,6 +32,15 @@ from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
 
 
+def free_cpus_within(ray_module, seconds: float, wanted: float = 2) -> float:
+    """The CPUs free in the Ray ``ray_module`` is connected to, once ``wanted`` of them are or
+    ``seconds`` have passed: freed resources reach the scheduler's view a moment later."""
+    deadline = time.monotonic() + seconds
+    while ray_module.available_resources().get("CPU", 0) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ray_module.available_resources().get("CPU", 0)
+
+
 SPACE = {
     "name": "s",
     "base": {"train": {"epochs": 6}},
@@ -281,10 +290,7 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id], "tags.`lejepa_tune.role` = 'trial'")
     steps = {float(r.data.params["optim.lr"]): [m.step for m in client.get_metric_history(r.info.run_id, OBJECTIVE)] for r in runs}
     assert steps == {1e-8: [1, 2], 2e-3: [1]}
-    deadline = time.monotonic() + 60
-    while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert local_ray.available_resources().get("CPU", 0) == 2
+    assert free_cpus_within(local_ray, 60) == 2
 
 
 @pytest.mark.slow
@@ -322,10 +328,7 @@ def test_an_interrupted_sweep_gives_its_workers_cpus_back_to_the_ray_it_leaves_r
         interrupter.join()
         signal.signal(signal.SIGUSR1, before)
     assert trial.status == "interrupted" and 1 <= trial.epochs < 30
-    deadline = time.monotonic() + 10
-    while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert local_ray.available_resources().get("CPU", 0) == 2
+    assert free_cpus_within(local_ray, 10) == 2
 
 
 @pytest.mark.slow  # the only test outside the sweeps that needs the local Ray: its start is 5-10 s of the quick loop
