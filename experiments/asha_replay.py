@@ -6,6 +6,14 @@ the trials it would have let finish, and the regret of its label-free pick again
 *all* the sweep's trials trained to the end (a stricter regret than a real ASHA run can report,
 since it never sees the stopped trials' final accuracy).
 
+The same curves are also replayed through synchronous successive halving, which ASHA
+approximates without waiting: every trial trains to a rung, then only the best ``1/rf`` of them
+(by the objective there) go on to the next, the last rung being the trials' full length. The
+order of arrival no longer matters, and the late, better trials of a learning searcher gain
+nothing; but every trial waits at each rung for the rest, so in Ray Tune it needs trials that
+pause and resume from their checkpoints (``HyperBandScheduler`` with one bracket), each resume a
+trial start-up. The replay counts those resumes.
+
 The same curves are also replayed in random orders: the order in which trials arrive decides how
 much asynchronous ASHA saves (a trial reaching a rung is compared only with those that reached
 it before), and a searcher that learns, like TPE, proposes better trials later, which then pass
@@ -93,6 +101,29 @@ def replay(curves: list[dict], grace: int, rf: float, epochs: int, slots: int) -
     return {"trial_epochs": sum(trained.values()), "finished": len(finished), "regret": best - curves[pick]["reference"], "minutes": now / 60}
 
 
+def synchronous(curves: list[dict], grace: int, rf: float, epochs: int) -> dict:
+    """Synchronous successive halving: all trials train to epoch ``grace``; at each rung the best
+    ``floor(n / rf)`` (at least one) by the objective there go on to the next rung, ``rf`` times
+    further (the last one at ``epochs``); the pick is the best finisher. A trial that diverged
+    (nan) ranks last. ``resumes``: how often a trial paused at a rung is started again."""
+    alive, trained, rung, resumes = list(range(len(curves))), {}, grace, 0
+
+    def score(i: int, epoch: int) -> float:
+        value = curves[i]["objective"][epoch - 1]
+        return value if math.isfinite(value) else -math.inf
+
+    while True:
+        trained.update(dict.fromkeys(alive, rung))
+        if rung >= epochs:
+            break
+        alive = sorted(alive, key=lambda i: score(i, rung), reverse=True)[:max(1, int(len(alive) // rf))]
+        resumes += len(alive)
+        rung = min(int(rung * rf), epochs)
+    pick = max(alive, key=lambda i: score(i, epochs))
+    best = max(c["reference"] for c in curves)
+    return {"trial_epochs": sum(trained.values()), "finished": len(alive), "regret": best - curves[pick]["reference"], "resumes": resumes}
+
+
 def random_orders(curves: list[dict], grace: int, rf: float, epochs: int, slots: int, orders: int, fifo_regret: float) -> dict:
     """The replay over ``orders`` random arrival orders of the same trials (seeded): the median
     and 10-90 % range of the compute share, and the share of orders that meet the target against
@@ -147,7 +178,7 @@ def main() -> None:
             for path in sorted((root / "sweeps").glob("full_none_seed*/records.json")):
                 records = read_records(str(path))
                 sweeps[records.name] = (curves_from_mlflow(root, records.name, records), max(t.epochs for t in records.trials))
-    rows, shuffled, early, results = [], [], [], {}
+    rows, shuffled, early, results, sync_rows = [], [], [], {}, []
     for name, (curves, epochs) in sweeps.items():
         full = len(curves) * epochs
         early.append([name, *rung_ranking(curves, epochs)])
@@ -161,6 +192,11 @@ def main() -> None:
             if grace == 1 or args.every_grace:
                 o = r["random_orders"] = random_orders(curves, grace, rf, epochs, args.slots, orders, fifo_regret)
                 shuffled.append([name, f"ASHA grace {grace}, rf {rf}", f"{o['median']:.0%}", f"{o['q10']:.0%}-{o['q90']:.0%}", f"{o['met']:.0%}"])
+        for grace, rf in SETTINGS:
+            r = results[f"{name} synchronous grace={grace} rf={rf}"] = synchronous(curves, grace, rf, epochs)
+            met = r["trial_epochs"] / full <= TARGET_COMPUTE and r["regret"] <= fifo_regret + TARGET_REGRET
+            sync_rows.append([name, f"grace {grace}, rf {rf}", r["trial_epochs"], f"{r['trial_epochs'] / full:.0%}", r["finished"], r["resumes"],
+                              100 * r["regret"], 100 * fifo_regret, "yes" if met else "no"])
     if args.output_dir:
         (Path(args.output_dir[0]) / "replay.json").write_text(json.dumps(results, indent=2))
     print(format_table(["FIFO sweep", "replayed as", "trial-epochs", "of all", "finished", "regret vs all (points)"], rows))
@@ -168,6 +204,9 @@ def main() -> None:
           "reference accuracy ranks after the first epoch:")
     print(format_table(["FIFO sweep", *(f"epoch {e}" for e in range(1, max(e for _, e in sweeps.values()))), "best trial's rank at epoch 1"],
                        early))
+    print("\nThe same trials through synchronous successive halving (every trial waits at each rung; the order does not matter):")
+    print(format_table(["FIFO sweep", "settings", "trial-epochs", "of all", "finished", "resumes", "regret vs all (points)", "FIFO's regret",
+                        f"within {TARGET_COMPUTE:.0%} and {100 * TARGET_REGRET:.0f} point"], sync_rows))
     print(f"\nThe same trials in {orders} random arrival orders:")
     print(format_table(["FIFO sweep", "replayed as", "compute (median)", "compute (10-90 %)",
                         f"orders within {TARGET_COMPUTE:.0%} compute and {100 * TARGET_REGRET:.0f} point of FIFO's regret"], shuffled))
