@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--schedulers", nargs="+", default=["none", "asha"], choices=["none", "asha"],
+    parser.add_argument("--schedulers", nargs="+", default=["none", "asha"], choices=["none", "asha", "sha"],
                         help="which sweeps to run per seed (default both; FIFO alone feeds asha_replay.py)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of the space for every run")
     parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: start one on this machine)")

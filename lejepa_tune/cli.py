@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join ('auto' or HOST:PORT); default: $RAY_ADDRESS where set, else start a local Ray")
     p.add_argument("--storage-path", default="sweeps", help="where sweep directories are created (default: ./sweeps)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.tracking_uri, else sqlite:///mlflow.db)")
-    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (not with tune.scheduler: asha: Ray Train frees a stopped trial's workers through its state API)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (not with tune.scheduler: asha or sha: Ray Train frees a stopped trial's workers through its state API)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("report", help="trials, label-free criteria and their agreement with the probe; plots and HTML")
@@ -137,9 +137,13 @@ def _scheduler_line(tune, epochs: int) -> str:
         return f"{head}; no scheduler: every trial trains all its epochs"
     rungs = tune.asha_rungs(epochs)
     settings = f"tune.grace_period {tune.grace_period}, tune.reduction_factor {tune.reduction_factor:g}"
+    name = "ASHA" if tune.scheduler == "asha" else "synchronous successive halving"
     if not rungs:
-        return f"{head}; ASHA stops no trial: its first rung is not before the last epoch ({settings})"
+        return f"{head}; {name} stops no trial: its first rung is not before the last epoch ({settings})"
     where = " or ".join(", ".join(map(str, rungs)).rsplit(", ", 1))
+    if tune.scheduler == "sha":
+        return (f"{head}; {name}: every trial waits after epoch {where} of {epochs} until all have reached it, and the best "
+                f"1/{tune.reduction_factor:g} go on ({settings})")
     return f"{head}; ASHA may stop a trial after epoch {where} of {epochs} ({settings})"
 
 

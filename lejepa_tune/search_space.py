@@ -118,8 +118,10 @@ class TuneSpec:
     # Optuna's sampler: TPE (learns from the trials so far), or random (draws every trial
     # independently; with ASHA the fair comparison, as FIFO and ASHA then run the same trials).
     searcher: Literal["tpe", "random"] = "tpe"
-    scheduler: Literal["none", "asha"] = "none"
-    # ASHA: the minimum number of epochs before a trial may be stopped, and the halving rate.
+    # ASHA (asynchronous successive halving), or sha: synchronous successive halving, where
+    # every trial waits at each rung for the others (sweep.SuccessiveHalving).
+    scheduler: Literal["none", "asha", "sha"] = "none"
+    # ASHA and sha: the minimum number of epochs before a trial may be stopped, and the halving rate.
     grace_period: int = field(default=1, metadata={"check": (lambda v: v > 0, "an integer > 0")})
     reduction_factor: float = field(default=2.0, metadata={"check": (lambda v: v > 1, "a number > 1")})
     # Points evaluated first, e.g. the paper's defaults: [{loss.lam: 0.05, optim.lr: 0.002}].

@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
@@ -50,7 +51,7 @@ from .trial import checkpointed_metrics, resolve_resources, trial_driver, trial_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SPEC_FILE", "orphaned_train_placement_groups", "free_orphaned_train_placement_groups"]
+__all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SuccessiveHalving", "SPEC_FILE", "orphaned_train_placement_groups", "free_orphaned_train_placement_groups"]
 
 SPEC_FILE = "spec.yaml"
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -115,6 +116,31 @@ class _OptunaSearch(OptunaSearch):
         if trial is not None:
             trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Optuna's intermediate value at the result's epoch, not at Tune's
+        ``training_iteration``: that counts the reports of the trial's current process, so it
+        starts at 1 again when a paused, restarted or resumed trial goes on, which reports its
+        checkpoint's epoch a second time. Each epoch is told once."""
+        if EPOCH not in result:
+            super().on_trial_result(trial_id, result)
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        step = int(result[EPOCH])
+        if step in self._told.setdefault(trial_id, set()):
+            return
+        self._told[trial_id].add(step)
+        with warnings.catch_warnings():  # an epoch told before a driver that died was resumed
+            warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=\d+` is already reported")
+            ot_trial.report(result[self.metric], step)
+
+    @property
+    def _told(self) -> dict[str, set[int]]:  # made on first use: a searcher restored from an older sweep has none
+        if "_told_epochs" not in self.__dict__:
+            self._told_epochs = {}
+        return self._told_epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         value = (result or {}).get(self.metric)
@@ -222,9 +248,128 @@ class FinishingASHA(ASHAScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
 
-def _scheduler(spec: SweepSpec):
+class SuccessiveHalving(FIFOScheduler):
+    """Synchronous successive halving: every trial trains to the first rung (``rungs[0]``
+    epochs) and waits there, paused; once all ``num_samples`` trials have reached it (or ended),
+    the best ``1/reduction_factor`` of them by the metric (at least one) go on to the next rung
+    and the others are stopped; and so on, the last rung being the trials' full length.
+
+    Unlike ASHA, a trial is compared with every other trial at the same epoch, not only with
+    those that reached the rung before it: the order in which trials arrive does not matter, and
+    a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
+    holds no resources, but is started again to go on (its Ray Train run, named after the trial,
+    resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
+    before the last rung. Tune pauses a function trainable through a checkpoint of Tune's own,
+    which these trials do not report: the trial is paused without one (its checkpoint is Ray
+    Train's). At most ``max_running`` trials run at once: Tune's concurrency limit would count
+    the paused trials as running, and wait for them for ever.
+
+    Its clock is the epoch every report carries (a resumed trial reports its checkpoint's epoch
+    again, which is not a rung reached a second time)."""
+
+    def __init__(self, rungs: list[int], reduction_factor: float, num_samples: int, max_running: int, time_attr: str = EPOCH) -> None:
+        super().__init__()
+        self._rungs = sorted(rungs)
+        self._rf = reduction_factor
+        self._num_samples = num_samples
+        self._max_running = max_running
+        self._time_attr = time_attr
+        self._mode = "max"
+        self._trials: dict[str, Any] = {}
+        self._level: dict[str, int] = {}  # trial id -> index of the next rung it trains to
+        self._scores: dict[str, float] = {}  # trial id -> its score at the rung it waits at
+        self._waiting: set[str] = set()  # paused at a rung, undecided
+        self._promoted: set[str] = set()  # paused, to be started again
+        self._ended: set[str] = set()
+
+    _supports_buffered_results = False  # a result at a rung must pause the trial before the next epoch's
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        if not super().set_search_properties(metric, mode, **spec):
+            return False
+        self._mode = mode or getattr(self, "_mode", None) or "max"
+        return True
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._trials[trial.trial_id] = trial
+        self._level.setdefault(trial.trial_id, 0)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        level = self._level.get(trial.trial_id, 0)
+        if level >= len(self._rungs) or result.get(self._time_attr, 0) < self._rungs[level]:
+            return TrialScheduler.CONTINUE
+        value = result.get(self._metric, math.nan)
+        value = value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf if self._mode == "max" else math.inf
+        self._scores[trial.trial_id] = value if self._mode == "max" else -value
+        self._level[trial.trial_id] = level + 1
+        self._promoted.discard(trial.trial_id)
+        self._waiting.add(trial.trial_id)
+        tune_controller.pause_trial(trial, should_checkpoint=False)
+        self._decide(tune_controller)
+        return TrialScheduler.NOOP
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._end(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._end(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._end(tune_controller, trial)
+
+    def _end(self, tune_controller, trial) -> None:
+        self._ended.add(trial.trial_id)
+        self._waiting.discard(trial.trial_id)
+        self._promoted.discard(trial.trial_id)
+        self._decide(tune_controller)
+
+    def _decide(self, tune_controller) -> None:
+        """Decides the lowest rung every live trial has reached, once the sweep has all its
+        trials: its best go on, the rest stop."""
+        if len(self._trials) < self._num_samples:
+            return
+        live = [t for t in self._trials if t not in self._ended]
+        if not live or any(t not in self._waiting for t in live):
+            return
+        level = min(self._level[t] for t in live)
+        cohort = [t for t in live if self._level[t] == level]
+        if len(cohort) < len(live):
+            return  # trials below this rung still train to it
+        keep = max(1, int(len(cohort) // self._rf))
+        ranked = sorted(cohort, key=lambda t: self._scores[t], reverse=True)
+        # The decision is written down whole before any trial is stopped: Tune tells the
+        # scheduler of each stop (on_trial_remove), which comes back here.
+        self._waiting.difference_update(cohort)
+        self._promoted.update(ranked[:keep])
+        self._ended.update(ranked[keep:])
+        logger.info("successive halving at epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], keep, len(cohort), ", ".join(ranked[:keep]))
+        for trial_id in ranked[keep:]:
+            tune_controller.stop_trial(self._trials[trial_id])
+
+    def choose_trial_to_run(self, tune_controller):
+        trials = tune_controller.get_trials()
+        if sum(t.status == "RUNNING" for t in trials) >= self._max_running:
+            return None
+        for trial in trials:
+            if trial.status == "PENDING":
+                return trial
+        for trial in trials:
+            if trial.status == "PAUSED" and trial.trial_id in self._promoted:
+                return trial
+        return None
+
+    def debug_string(self) -> str:
+        waiting = len(self._waiting)
+        return f"Synchronous successive halving: rungs at epochs {self._rungs}, {waiting} trial{'s' if waiting != 1 else ''} waiting at a rung."
+
+
+def _scheduler(spec: SweepSpec, cluster: Mapping[str, float] | None = None):
     """ASHA on the Tune config's metric (stopping trials every ``reduction_factor``-fold rung of
-    epochs from ``grace_period`` on, never at the last epoch), or first in, first out."""
+    epochs from ``grace_period`` on, never at the last epoch), synchronous successive halving
+    at the same rungs, or first in, first out."""
+    if spec.tune.scheduler == "sha":
+        return SuccessiveHalving(spec.tune.asha_rungs(spec.base.train.epochs), spec.tune.reduction_factor, spec.tune.num_samples,
+                                 _concurrency(spec, cluster if cluster is not None else {}))
     if spec.tune.scheduler == "asha":
         return FinishingASHA(
             time_attr=EPOCH,
@@ -577,9 +722,11 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
             metric=spec.tune.metric,
             mode=spec.tune.mode,
             search_alg=_searcher(spec, sweep_dir),
-            scheduler=_scheduler(spec),
+            scheduler=_scheduler(spec, ray.cluster_resources()),
             num_samples=spec.tune.num_samples,
-            max_concurrent_trials=_concurrency(spec, ray.cluster_resources()),
+            # Synchronous successive halving limits the running trials itself (paused ones count
+            # as running for Tune's limit).
+            max_concurrent_trials=None if spec.tune.scheduler == "sha" else _concurrency(spec, ray.cluster_resources()),
         ),
         run_config=ray.tune.RunConfig(
             name="tune",

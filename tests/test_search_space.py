@@ -146,6 +146,10 @@ def test_validate_command(tmp_path, capsys):
     # grace period 1, reduction factor 2 (the defaults) on 2 epochs: the one rung is after epoch 1
     assert out.splitlines()[-1] == ("  searcher: tpe on labelfree/objective (max); ASHA may stop a trial after epoch 1 of 2 "
                                     "(tune.grace_period 1, tune.reduction_factor 2)")
+    assert main(["validate", str(write(tmp_path, GOOD.replace("scheduler: asha", "scheduler: sha")))]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  searcher: tpe on labelfree/objective (max); synchronous successive halving: every trial waits after epoch 1 of 2 until all "
+        "have reached it, and the best 1/2 go on (tune.grace_period 1, tune.reduction_factor 2)")
 
 
 def test_shipped_search_spaces_validate(capsys):

@@ -26,7 +26,7 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import EPOCH, OBJECTIVE, REFERENCE_ACC, unpack_floats
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import (_concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
+from lejepa_tune.sweep import (SuccessiveHalving, _concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
                                new_sweep_dir, orphaned_train_placement_groups, ray_address, run_sweep)
 from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
@@ -85,6 +85,23 @@ def test_random_search_draws_the_same_trials_whatever_they_score_and_tpe_learns(
     assert proposals("tpe", 1.0) != proposals("tpe", -1.0)
 
 
+def test_optuna_is_told_each_epochs_value_once_at_that_epoch_whatever_tunes_iteration(tmp_path, recwarn):
+    """A paused or restarted trial's process counts Tune's ``training_iteration`` from 1 again
+    and first reports its checkpoint's epoch again: Optuna's intermediate values are keyed by
+    the epoch, each told once (Ray's OptunaSearch keys them by the iteration, and would drop
+    epoch 3 here as a step already told)."""
+    spec = sweep_spec_from_dict({**SPACE, "tune": {"num_samples": 1}})
+    search = _searcher(spec, str(tmp_path))
+    search.set_search_properties(OBJECTIVE, "max", _param_space(spec))
+    search.suggest("t0")
+    for epoch, iteration in [(1, 1), (2, 2), (2, 1), (3, 2)]:  # paused after epoch 2, then resumed
+        search.on_trial_result("t0", {EPOCH: epoch, "training_iteration": iteration, OBJECTIVE: float(epoch)})
+    search.on_trial_complete("t0", {EPOCH: 3, OBJECTIVE: 3.0})
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.intermediate_values == {1: 1.0, 2: 2.0, 3: 3.0} and trial.value == 3.0
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
+
+
 def test_the_scheduler_and_the_concurrency_follow_the_spec():
     spec = sweep_spec_from_dict(SPACE)
     asha = _scheduler(spec)
@@ -131,6 +148,69 @@ def test_asha_stops_trials_at_its_rungs_but_never_at_the_last_epoch():
     assert asha.on_trial_result(None, d, {"training_iteration": 2, EPOCH: 6, OBJECTIVE: 0.0}) == "CONTINUE"
     # Tune's own ASHA, on the same results, stops a trial at its last epoch.
     assert [plain.on_trial_result(None, t, result(*r)) for t, r in ((a, (2, 1.0)), (b, (2, 0.5)), (a, (6, 1.0)))] == ["CONTINUE", "STOP", "STOP"]
+
+
+class _Controller:
+    """What successive halving calls on Tune's controller, written down: pauses and stops."""
+
+    def __init__(self) -> None:
+        self.trials: list = []
+        self.paused: list[str] = []
+        self.stopped: list[str] = []
+        self.scheduler = None
+
+    def get_trials(self):
+        return self.trials
+
+    def pause_trial(self, trial, should_checkpoint: bool = True) -> None:
+        assert not should_checkpoint  # the checkpoint is Ray Train's: Tune saves none
+        self.paused.append(trial.trial_id)
+        trial.status = "PAUSED"
+
+    def stop_trial(self, trial) -> None:  # as Tune does for a paused trial: the scheduler is told
+        self.stopped.append(trial.trial_id)
+        trial.status = "TERMINATED"
+        self.scheduler.on_trial_remove(self, trial)
+
+
+def test_successive_halving_waits_for_every_trial_at_a_rung_then_keeps_the_best():
+    """Synchronous successive halving, the decisions alone: 4 trials of 4 epochs, halving at
+    epochs 1 and 2. No trial goes on before all four reached the rung; the best half (by the
+    objective, a diverged trial last) go on; a trial restarted from its checkpoint reports the
+    rung's epoch again without waiting a second time; at most one trial runs at once."""
+    spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": 4}},
+                                 "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1}})
+    sha = _scheduler(spec)
+    assert isinstance(sha, SuccessiveHalving) and sha._rungs == [1, 2]
+    sha.set_search_properties(OBJECTIVE, "max")
+    controller = _Controller()
+    controller.scheduler = sha
+    trials = {name: Trial(name) for name in "abcd"}
+    for trial in trials.values():
+        trial.status = "PENDING"
+        controller.trials.append(trial)
+        sha.on_trial_add(controller, trial)
+
+    def report(name: str, epoch: int, value: float) -> str:
+        trials[name].status = "RUNNING"
+        return sha.on_trial_result(controller, trials[name], {EPOCH: epoch, OBJECTIVE: value})
+
+    assert report("a", 1, 2.0) == "NOOP" and trials["a"].status == "PAUSED"
+    assert sha.choose_trial_to_run(controller) is trials["b"]  # the next new trial, not a paused one
+    trials["b"].status = "RUNNING"
+    assert sha.choose_trial_to_run(controller) is None  # one at a time
+    assert report("b", 1, float("nan")) == "NOOP"
+    assert report("c", 1, 3.0) == "NOOP" and controller.stopped == []  # d has not reached the rung
+    assert report("d", 1, 1.0) == "NOOP"
+    assert controller.stopped == ["d", "b"] and controller.paused == ["a", "b", "c", "d"]
+    assert sha.choose_trial_to_run(controller) in (trials["a"], trials["c"])
+    # c goes on: its checkpoint's epoch again, then the next; it waits at epoch 2 for a.
+    assert report("c", 1, 3.0) == "CONTINUE"
+    assert report("c", 2, 1.0) == "NOOP" and controller.stopped == ["d", "b"]
+    assert report("a", 1, 2.0) == "CONTINUE" and report("a", 2, 4.0) == "NOOP"
+    assert controller.stopped == ["d", "b", "c"]
+    assert sha.choose_trial_to_run(controller) is trials["a"]
+    assert report("a", 2, 4.0) == "CONTINUE" and report("a", 3, 4.0) == "CONTINUE" and report("a", 4, 4.0) == "CONTINUE"
 
 
 @pytest.mark.parametrize("epochs,grace,rf", [(8, 1, 3), (8, 1, 2), (16, 2, 3), (9, 1, 3), (6, 2, 3), (10, 1, 2.5), (3, 4, 2), (1, 1, 3)])
@@ -291,6 +371,39 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     steps = {float(r.data.params["optim.lr"]): [m.step for m in client.get_metric_history(r.info.run_id, OBJECTIVE)] for r in runs}
     assert steps == {1e-8: [1, 2], 2e-3: [1]}
     assert free_cpus_within(local_ray, 60) == 2
+
+
+@pytest.mark.slow
+def test_successive_halving_pauses_every_trial_at_the_rung_and_resumes_the_best_from_its_checkpoint(local_ray, tmp_path, mlflow_uri):
+    """Synchronous successive halving for real: three trials of two epochs wait, paused, after
+    the first; the best of them by the objective then goes on from its Ray Train checkpoint,
+    the two others are stopped there. One MLflow run per trial, every epoch logged once; Optuna
+    holds each epoch's value at that epoch (Tune's iteration count starts again on a resume)
+    and the two stopped trials as pruned; the CPUs come back."""
+    base = {**TINY_BASE, "train": {"epochs": 2, "batch_size": 32}}
+    spec = sweep_spec_from_dict({
+        "name": "sha", "base": base, "search": {"optim.lr": {"type": "loguniform", "low": 1e-8, "high": 1e-2}},
+        "tune": {"num_samples": 3, "scheduler": "sha", "grace_period": 1, "reduction_factor": 3,
+                 "points_to_evaluate": [{"optim.lr": 2e-3}, {"optim.lr": 1e-8}, {"optim.lr": 5e-3}]},
+    })
+    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=mlflow_uri, verbose=0)
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("sha").experiment_id], "tags.`lejepa_tune.role` = 'trial'")
+    assert len(runs) == 3
+    history = {r.data.tags["lejepa_tune.trial_id"]: {m.step: m.value for m in client.get_metric_history(r.info.run_id, OBJECTIVE)} for r in runs}
+    by_status = {}
+    for t in records.trials:
+        by_status.setdefault(t.status, []).append(t)
+    (kept,), stopped = by_status["completed"], by_status["stopped"]
+    assert kept.epochs == 2 and len(stopped) == 2 and all(t.epochs == 1 for t in stopped)
+    assert all(history[kept.trial_id][1] > history[t.trial_id][1] for t in stopped)  # the best at the rung went on
+    assert sorted(history[kept.trial_id]) == [1, 2] and all(sorted(history[t.trial_id]) == [1] for t in stopped)
+    study = optuna.load_study(study_name="sha", storage=f"sqlite:///{Path(records.sweep_dir) / 'optuna.db'}")
+    states = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert states[kept.trial_id].state.name == "COMPLETE" and sorted(states[kept.trial_id].intermediate_values) == [1, 2]
+    assert states[kept.trial_id].intermediate_values[2] == pytest.approx(history[kept.trial_id][2])
+    assert all(states[t.trial_id].state.name == "PRUNED" for t in stopped)
+    assert free_cpus_within(local_ray, 30) == 2
 
 
 @pytest.mark.slow
