@@ -276,7 +276,7 @@ class SuccessiveHalving(FIFOScheduler):
         self._time_attr = time_attr
         self._mode = "max"
         self._trials: dict[str, Any] = {}
-        self._level: dict[str, int] = {}  # trial id -> index of the next rung it trains to
+        self._level: dict[str, int] = {}  # trial id -> how many rungs it has reached
         self._scores: dict[str, float] = {}  # trial id -> its score at the rung it waits at
         self._waiting: set[str] = set()  # paused at a rung, undecided
         self._promoted: set[str] = set()  # paused, to be started again
@@ -293,15 +293,19 @@ class SuccessiveHalving(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial) -> None:
         self._trials[trial.trial_id] = trial
         self._level.setdefault(trial.trial_id, 0)
+        if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
+            self._ended.add(trial.trial_id)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        level = self._level.get(trial.trial_id, 0)
-        if level >= len(self._rungs) or result.get(self._time_attr, 0) < self._rungs[level]:
+        # The rungs this epoch has reached: one more than before, or, for a trial of a resumed
+        # sweep that had gone on past a rung, the rung it reached last.
+        level = sum(r <= result.get(self._time_attr, 0) for r in self._rungs)
+        if level <= self._level.get(trial.trial_id, 0):
             return TrialScheduler.CONTINUE
         value = result.get(self._metric, math.nan)
         value = value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf if self._mode == "max" else math.inf
         self._scores[trial.trial_id] = value if self._mode == "max" else -value
-        self._level[trial.trial_id] = level + 1
+        self._level[trial.trial_id] = level
         self._promoted.discard(trial.trial_id)
         self._waiting.add(trial.trial_id)
         tune_controller.pause_trial(trial, should_checkpoint=False)
@@ -342,7 +346,7 @@ class SuccessiveHalving(FIFOScheduler):
         self._waiting.difference_update(cohort)
         self._promoted.update(ranked[:keep])
         self._ended.update(ranked[keep:])
-        logger.info("successive halving at epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], keep, len(cohort), ", ".join(ranked[:keep]))
+        logger.info("successive halving after epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], keep, len(cohort), ", ".join(ranked[:keep]))
         for trial_id in ranked[keep:]:
             tune_controller.stop_trial(self._trials[trial_id])
 

@@ -212,6 +212,20 @@ def test_successive_halving_waits_for_every_trial_at_a_rung_then_keeps_the_best(
     assert sha.choose_trial_to_run(controller) is trials["a"]
     assert report("a", 2, 4.0) == "CONTINUE" and report("a", 3, 4.0) == "CONTINUE" and report("a", 4, 4.0) == "CONTINUE"
 
+    # A resumed sweep: a fresh scheduler is handed its trials again. The ended ones are not
+    # waited for; one that had gone on past the first rung waits at the rung it reached last.
+    again = _scheduler(spec)
+    again.set_search_properties(OBJECTIVE, "max")
+    controller = _Controller()
+    controller.scheduler = again
+    for name, status in (("a", "PENDING"), ("b", "TERMINATED"), ("c", "PENDING"), ("d", "TERMINATED")):
+        trials[name].status = status
+        controller.trials.append(trials[name])
+        again.on_trial_add(controller, trials[name])
+    sha = again
+    assert report("a", 2, 4.0) == "NOOP" and report("c", 2, 1.0) == "NOOP"
+    assert controller.stopped == ["c"] and sha.choose_trial_to_run(controller) is trials["a"]
+
 
 @pytest.mark.parametrize("epochs,grace,rf", [(8, 1, 3), (8, 1, 2), (16, 2, 3), (9, 1, 3), (6, 2, 3), (10, 1, 2.5), (3, 4, 2), (1, 1, 3)])
 def test_the_rungs_validate_names_are_where_the_sweeps_asha_stops_a_trial(epochs, grace, rf):
