@@ -132,9 +132,23 @@ class _OptunaSearch(OptunaSearch):
         if step in self._told.setdefault(trial_id, set()):
             return
         self._told[trial_id].add(step)
+        if self._finished_in_study(trial_id):
+            return
         with warnings.catch_warnings():  # an epoch told before a driver that died was resumed
             warnings.filterwarnings("ignore", message=r"The reported value is ignored because this `step=\d+` is already reported")
             ot_trial.report(result[self.metric], step)
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        """Whether the study holds this trial as finished although this searcher does not: a
+        driver killed after Optuna was told of a trial's end, and before Tune saved its state,
+        is resumed with the trial running, which then reports its last epoch again. The
+        study's record stands (Optuna refuses to update a finished trial); the trial is
+        counted as completed here."""
+        ot_trial = self._ot_trials[trial_id]
+        if not ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return False
+        self._completed_trials.add(trial_id)
+        return True
 
     @property
     def _told(self) -> dict[str, set[int]]:  # made on first use: a searcher restored from an older sweep has none
@@ -143,6 +157,8 @@ class _OptunaSearch(OptunaSearch):
         return self._told_epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._ot_trials and self._finished_in_study(trial_id):
+            return  # told before the driver died; Ray's class would warn that it cannot be told again
         value = (result or {}).get(self.metric)
         if isinstance(value, float) and math.isnan(value):
             result, error = {k: v for k, v in result.items() if k != self.metric}, True

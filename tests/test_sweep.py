@@ -102,6 +102,31 @@ def test_optuna_is_told_each_epochs_value_once_at_that_epoch_whatever_tunes_iter
     assert not [w for w in recwarn if "already reported" in str(w.message)]
 
 
+def test_a_trial_the_study_holds_as_finished_is_not_told_again_by_a_resumed_searcher(tmp_path, caplog):
+    """A driver killed after Optuna was told of a trial's end, and before Tune saved its state
+    (the searcher's with it), is resumed with that trial running, which reports its last
+    epoch again: Optuna refuses to update a finished trial, and Ray's class would end the
+    sweep with that error. The study's record stands, and nothing is told twice."""
+    spec = sweep_spec_from_dict({**SPACE, "tune": {"num_samples": 1}})
+    search = _searcher(spec, str(tmp_path))
+    search.set_search_properties(OBJECTIVE, "max", _param_space(spec))
+    search.suggest("t0")
+    search.on_trial_result("t0", {EPOCH: 1, "training_iteration": 1, OBJECTIVE: 1.0})
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune's last save before the kill
+    search.on_trial_result("t0", {EPOCH: 2, "training_iteration": 2, OBJECTIVE: 2.0})
+    search.on_trial_complete("t0", {EPOCH: 2, OBJECTIVE: 2.0})
+
+    resumed = _searcher(spec, str(tmp_path))
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert "t0" not in resumed._completed_trials  # the state the race leaves
+    resumed.on_trial_result("t0", {EPOCH: 2, "training_iteration": 1, OBJECTIVE: 2.5})  # from its last checkpoint
+    resumed.on_trial_complete("t0", {EPOCH: 2, OBJECTIVE: 2.5})
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state.name == "COMPLETE" and trial.value == 2.0 and trial.intermediate_values == {1: 1.0, 2: 2.0}
+    assert "t0" in resumed._completed_trials
+    assert not [r for r in caplog.records if "finished" in r.getMessage() or "Cannot tell" in r.getMessage()]
+
+
 def test_the_scheduler_and_the_concurrency_follow_the_spec():
     spec = sweep_spec_from_dict(SPACE)
     asha = _scheduler(spec)
