@@ -22,7 +22,7 @@ from lejepa_tune.metrics import CHECKPOINT_FILES, EPOCH, LOSS, OBJECTIVE, REFERE
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict, trial_config
 from lejepa_tune.sweep import run_sweep
-from tiny import LAM_SEARCH, TINY_BASE, train_like_a_worker, write_space
+from tiny import LAM_SEARCH, TINY_BASE, free_cpus_within, train_like_a_worker, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -139,6 +139,55 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path, mlfl
     assert parent.data.tags["lejepa_tune.choice"] in {t.trial_id for t in records.trials}
     assert "selection/objective/spearman" in parent.data.metrics
     assert {EPOCH, OBJECTIVE} <= set(kids[0].data.metrics)
+
+
+def test_successive_halving_interrupted_at_its_rung_resumes_and_decides_it(local_ray, tmp_path, mlflow_uri):
+    """Ctrl+C while trials of a ``sha`` sweep wait, paused, at the first rung: Tune saves them as
+    unfinished, and ``--resume`` starts them again (pending: the rebuilt scheduler knows no
+    rung yet), each from its checkpoint, which reports the rung's epoch again and waits there.
+    The rung is then decided as an uninterrupted sweep decides it: the best goes on to the last
+    epoch, the others stop at the rung; every epoch logged once, Optuna told each once."""
+    space = write_space(tmp_path, "sha_resumed", {"optim.lr": {"type": "loguniform", "low": 1e-8, "high": 1e-2}},
+                        {"num_samples": 3, "scheduler": "sha", "grace_period": 1, "reduction_factor": 3,
+                         "points_to_evaluate": [{"optim.lr": 2e-3}, {"optim.lr": 1e-8}, {"optim.lr": 5e-3}]},
+                        base={"train": {"epochs": 2, "batch_size": 32}})
+    common = ["--tracking-uri", mlflow_uri, "--storage-path", str(tmp_path / "sweeps"), "--address", local_ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(mlflow_uri)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(epochs_logged(client, r.info.run_id) for r in children(client, "sha_resumed")):
+        assert driver.poll() is None, driver.stdout.read()[-3000:]
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    out = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 130, out[-3000:]
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    before = {r.data.tags["lejepa_tune.trial_id"]: epochs_logged(client, r.info.run_id) for r in children(client, "sha_resumed")}
+    assert [1] in before.values() and not any(2 in e for e in before.values()), before  # a trial waited at the rung, none went past it
+
+    resumed = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", "--resume", str(sweep_dir), *common],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    records = read_records(str(sweep_dir))
+    by_status: dict[str, list] = {}
+    for t in records.trials:
+        by_status.setdefault(t.status, []).append(t)
+    (kept,), stopped = by_status["completed"], by_status["stopped"]
+    assert kept.epochs == 2 and len(stopped) == 2 and all(t.epochs == 1 for t in stopped)
+    runs = children(client, "sha_resumed")
+    assert len(runs) == 3
+    logged = {r.data.tags["lejepa_tune.trial_id"]: epochs_logged(client, r.info.run_id) for r in runs}
+    assert logged[kept.trial_id] == [1, 2] and all(logged[t.trial_id] == [1] for t in stopped)
+    at_rung = {r.data.tags["lejepa_tune.trial_id"]: {m.step: m.value for m in client.get_metric_history(r.info.run_id, OBJECTIVE)}[1] for r in runs}
+    assert all(at_rung[kept.trial_id] > at_rung[t.trial_id] for t in stopped)  # the best at the rung went on
+    study = optuna.load_study(study_name="sha_resumed", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert states[kept.trial_id].state.name == "COMPLETE" and sorted(states[kept.trial_id].intermediate_values) == [1, 2]
+    assert states[kept.trial_id].intermediate_values[2] == pytest.approx(kept.metrics[OBJECTIVE])
+    assert all(states[t.trial_id].state.name == "PRUNED" for t in stopped)
+    assert free_cpus_within(local_ray, 30) == 2  # paused and stopped trials gave their CPUs back
 
 
 def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local_ray, tmp_path, mlflow_uri):

@@ -29,16 +29,7 @@ from lejepa_tune.search_space import sweep_spec_from_dict
 from lejepa_tune.sweep import (SuccessiveHalving, _concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
                                new_sweep_dir, orphaned_train_placement_groups, ray_address, run_sweep)
 from ranks import free_port
-from tiny import LAM_SEARCH, TINY_BASE, stop_tree, write_space
-
-
-def free_cpus_within(ray_module, seconds: float, wanted: float = 2) -> float:
-    """The CPUs free in the Ray ``ray_module`` is connected to, once ``wanted`` of them are or
-    ``seconds`` have passed: freed resources reach the scheduler's view a moment later."""
-    deadline = time.monotonic() + seconds
-    while ray_module.available_resources().get("CPU", 0) < wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return ray_module.available_resources().get("CPU", 0)
+from tiny import LAM_SEARCH, TINY_BASE, free_cpus_within, stop_tree, write_space
 
 
 SPACE = {
@@ -410,39 +401,6 @@ def test_asha_stops_a_trial_and_ray_train_frees_its_workers(local_ray, another_r
     steps = {float(r.data.params["optim.lr"]): [m.step for m in client.get_metric_history(r.info.run_id, OBJECTIVE)] for r in runs}
     assert steps == {1e-8: [1, 2], 2e-3: [1]}
     assert free_cpus_within(local_ray, 60) == 2
-
-
-@pytest.mark.slow
-def test_successive_halving_pauses_every_trial_at_the_rung_and_resumes_the_best_from_its_checkpoint(local_ray, tmp_path, mlflow_uri):
-    """Synchronous successive halving for real: three trials of two epochs wait, paused, after
-    the first; the best of them by the objective then goes on from its Ray Train checkpoint,
-    the two others are stopped there. One MLflow run per trial, every epoch logged once; Optuna
-    holds each epoch's value at that epoch (Tune's iteration count starts again on a resume)
-    and the two stopped trials as pruned; the CPUs come back."""
-    base = {**TINY_BASE, "train": {"epochs": 2, "batch_size": 32}}
-    spec = sweep_spec_from_dict({
-        "name": "sha", "base": base, "search": {"optim.lr": {"type": "loguniform", "low": 1e-8, "high": 1e-2}},
-        "tune": {"num_samples": 3, "scheduler": "sha", "grace_period": 1, "reduction_factor": 3,
-                 "points_to_evaluate": [{"optim.lr": 2e-3}, {"optim.lr": 1e-8}, {"optim.lr": 5e-3}]},
-    })
-    records = run_sweep(spec, storage_path=str(tmp_path / "sweeps"), tracking_uri=mlflow_uri, verbose=0)
-    client = MlflowClient(mlflow_uri)
-    runs = client.search_runs([client.get_experiment_by_name("sha").experiment_id], "tags.`lejepa_tune.role` = 'trial'")
-    assert len(runs) == 3
-    history = {r.data.tags["lejepa_tune.trial_id"]: {m.step: m.value for m in client.get_metric_history(r.info.run_id, OBJECTIVE)} for r in runs}
-    by_status = {}
-    for t in records.trials:
-        by_status.setdefault(t.status, []).append(t)
-    (kept,), stopped = by_status["completed"], by_status["stopped"]
-    assert kept.epochs == 2 and len(stopped) == 2 and all(t.epochs == 1 for t in stopped)
-    assert all(history[kept.trial_id][1] > history[t.trial_id][1] for t in stopped)  # the best at the rung went on
-    assert sorted(history[kept.trial_id]) == [1, 2] and all(sorted(history[t.trial_id]) == [1] for t in stopped)
-    study = optuna.load_study(study_name="sha", storage=f"sqlite:///{Path(records.sweep_dir) / 'optuna.db'}")
-    states = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
-    assert states[kept.trial_id].state.name == "COMPLETE" and sorted(states[kept.trial_id].intermediate_values) == [1, 2]
-    assert states[kept.trial_id].intermediate_values[2] == pytest.approx(history[kept.trial_id][2])
-    assert all(states[t.trial_id].state.name == "PRUNED" for t in stopped)
-    assert free_cpus_within(local_ray, 30) == 2
 
 
 @pytest.mark.slow

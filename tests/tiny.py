@@ -189,3 +189,12 @@ def train_like_a_worker(cfg) -> dict:
         return train(cfg, LocalSink(cfg, verbose=False))
     finally:
         torch.set_num_threads(threads)
+
+
+def free_cpus_within(ray_module, seconds: float, wanted: float = 2) -> float:
+    """The CPUs free in the Ray ``ray_module`` is connected to, once ``wanted`` of them are or
+    ``seconds`` have passed: freed resources reach the scheduler's view a moment later."""
+    deadline = time.monotonic() + seconds
+    while ray_module.available_resources().get("CPU", 0) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ray_module.available_resources().get("CPU", 0)
