@@ -49,6 +49,21 @@ def train_workers_of(pid: int) -> list[psutil.Process]:
     return found
 
 
+def ctrl_c_after_the_first_epoch(space: Path, experiment: str, common: list[str], cwd: Path) -> tuple[int, str]:
+    """``lejepa-tune run SPACE`` sent SIGINT (Ctrl+C) once a trial has logged its first epoch:
+    its exit status and output."""
+    driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(common[common.index("--tracking-uri") + 1])
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(1 in epochs_logged(client, r.info.run_id) for r in children(client, experiment)):
+        assert driver.poll() is None, driver.stdout.read()[-3000:]
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    out = driver.communicate(timeout=120)[0]
+    return driver.returncode, out
+
+
 def test_a_killed_worker_is_restarted_from_its_checkpoint(local_ray, tmp_path, mlflow_uri):
     spec = sweep_spec_from_dict({"name": "killed_worker", "base": BASE, "search": {}, "tune": {"num_samples": 1, "max_failures": 2}})
     uri = mlflow_uri
@@ -153,16 +168,9 @@ def test_successive_halving_interrupted_at_its_rung_resumes_and_decides_it(local
                         base={"train": {"epochs": 2, "batch_size": 32}})
     common = ["--tracking-uri", mlflow_uri, "--storage-path", str(tmp_path / "sweeps"), "--address", local_ray.get_runtime_context().gcs_address]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    returncode, out = ctrl_c_after_the_first_epoch(space, "sha_resumed", common, tmp_path)
+    assert returncode == 130, out[-3000:]
     client = MlflowClient(mlflow_uri)
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(epochs_logged(client, r.info.run_id) for r in children(client, "sha_resumed")):
-        assert driver.poll() is None, driver.stdout.read()[-3000:]
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    out = driver.communicate(timeout=120)[0]
-    assert driver.returncode == 130, out[-3000:]
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
     before = {r.data.tags["lejepa_tune.trial_id"]: epochs_logged(client, r.info.run_id) for r in children(client, "sha_resumed")}
     assert [1] in before.values() and not any(2 in e for e in before.values()), before  # a trial waited at the rung, none went past it
@@ -199,17 +207,10 @@ def test_ctrl_c_ends_the_sweep_with_its_state_saved_and_resume_finishes_it(local
     uri = mlflow_uri
     common = ["--tracking-uri", uri, "--storage-path", str(tmp_path / "sweeps"), "--address", local_ray.get_runtime_context().gcs_address]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "lejepa_tune", "run", str(space), *common], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    returncode, out = ctrl_c_after_the_first_epoch(space, "ctrl_c", common, tmp_path)
     client = MlflowClient(uri)
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(1 in epochs_logged(client, r.info.run_id) for r in children(client, "ctrl_c")):
-        assert driver.poll() is None, driver.stdout.read()[-3000:]
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    out = driver.communicate(timeout=120)[0]
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
-    assert driver.returncode == 130, out[-3000:]
+    assert returncode == 130, out[-3000:]
     assert out.rstrip().splitlines()[-1] == f"Interrupted: continue it with: lejepa-tune run --resume {sweep_dir}", out[-3000:]
     assert "Tuner.restore" not in out, out[-3000:]  # Tune's own hint, which would resume without MLflow or Optuna
     (run,) = children(client, "ctrl_c")
