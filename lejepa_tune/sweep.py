@@ -39,6 +39,7 @@ import yaml
 from ray.tune import Callback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import ConfigError, config_to_dict
@@ -277,8 +278,10 @@ class SuccessiveHalving(FIFOScheduler):
     resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
     before the last rung. Tune pauses a function trainable through a checkpoint of Tune's own,
     which these trials do not report: the trial is paused without one (its checkpoint is Ray
-    Train's). At most ``max_running`` trials run at once: Tune's concurrency limit would count
-    the paused trials as running, and wait for them for ever.
+    Train's). At most ``max_running`` trials train at once: this scheduler starts no more
+    paused trials again, and its searcher's :class:`_RungLimiter` suggests no more new ones
+    (Tune's concurrency limit would count the paused trials as running, and wait for them for
+    ever).
 
     Its clock is the epoch every report carries (a resumed trial reports its checkpoint's epoch
     again, which is not a rung reached a second time)."""
@@ -366,6 +369,14 @@ class SuccessiveHalving(FIFOScheduler):
         for trial_id in ranked[keep:]:
             tune_controller.stop_trial(self._trials[trial_id])
 
+    @property
+    def max_running(self) -> int:
+        return self._max_running
+
+    def waiting(self) -> frozenset[str]:
+        """The trials paused at a rung, not yet decided (they hold no resources)."""
+        return frozenset(self._waiting)
+
     def choose_trial_to_run(self, tune_controller):
         trials = tune_controller.get_trials()
         if sum(t.status == "RUNNING" for t in trials) >= self._max_running:
@@ -381,6 +392,62 @@ class SuccessiveHalving(FIFOScheduler):
     def debug_string(self) -> str:
         waiting = len(self._waiting)
         return f"Synchronous successive halving: rungs at epochs {self._rungs}, {waiting} trial{'s' if waiting != 1 else ''} waiting at a rung."
+
+
+class _NoSearch(Searcher):
+    """The searcher of a space that searches nothing: every trial trains the base config (Tune's
+    own generator does this where no searcher is given)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        return {}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
+class _RungLimiter(ConcurrencyLimiter):
+    """Tune's limit on concurrent trials, for synchronous successive halving: a trial that
+    waits, paused, at a rung holds no resources and is not counted.
+
+    Tune's own limit counts a paused trial as running, so it would start no trial while others
+    wait at a rung, and wait for ever. Without a limit, Tune starts every trial's actor (and its
+    Ray Train controller) at once, since they reserve no CPU: the trials' Ray Train workers then
+    queue for the CPUs, while up to ``num_samples`` sets of idle processes compete with them
+    for the cores and the memory. Here a new trial is suggested only while fewer than
+    ``max_concurrent`` trials train; the scheduler (``SuccessiveHalving.waiting``) says which
+    wait."""
+
+    def __init__(self, searcher: Searcher, max_concurrent: int, waiting: Callable[[], Collection[str]]) -> None:
+        super().__init__(searcher, max_concurrent)
+        self._waiting = waiting
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.live_trials.difference(self._waiting())) >= self.max_concurrent:
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        return suggestion
+
+    def get_state(self) -> dict:
+        # The scheduler is not the searcher's state (Tune deep-copies the state it saves).
+        waiting, self._waiting = self._waiting, None
+        try:
+            state = super().get_state()
+        finally:
+            self._waiting = waiting
+        del state["_waiting"]
+        return state
+
+
+def _search_algorithm(spec: SweepSpec, sweep_dir: str, scheduler: Any) -> Searcher | None:
+    """The sweep's searcher (:func:`_searcher`); under synchronous successive halving, within
+    :class:`_RungLimiter` (Tune's ``max_concurrent_trials`` limits the others)."""
+    searcher = _searcher(spec, sweep_dir)
+    if isinstance(scheduler, SuccessiveHalving):
+        return _RungLimiter(searcher or _NoSearch(), scheduler.max_running, scheduler.waiting)
+    return searcher
 
 
 def _scheduler(spec: SweepSpec, cluster: Mapping[str, float] | None = None):
@@ -735,17 +802,18 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     optuna_url = _optuna_storage(sweep_dir)
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt(),
                  CSVLoggerCallback(), JsonLoggerCallback(), _FreeOrphanedWorkers()]
+    scheduler = _scheduler(spec, ray.cluster_resources())
     return ray.tune.Tuner(
         trainable,
         param_space=_param_space(spec),
         tune_config=ray.tune.TuneConfig(
             metric=spec.tune.metric,
             mode=spec.tune.mode,
-            search_alg=_searcher(spec, sweep_dir),
-            scheduler=_scheduler(spec, ray.cluster_resources()),
+            search_alg=_search_algorithm(spec, sweep_dir, scheduler),
+            scheduler=scheduler,
             num_samples=spec.tune.num_samples,
             # Synchronous successive halving limits the running trials itself (paused ones count
-            # as running for Tune's limit).
+            # as running for Tune's limit): its _RungLimiter.
             max_concurrent_trials=None if spec.tune.scheduler == "sha" else _concurrency(spec, ray.cluster_resources()),
         ),
         run_config=ray.tune.RunConfig(

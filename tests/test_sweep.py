@@ -19,6 +19,7 @@ import timm
 import torch
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from lejepa_tune.cli import main
@@ -26,7 +27,7 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import EPOCH, OBJECTIVE, REFERENCE_ACC, unpack_floats
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import (SuccessiveHalving, _concurrency, _param_space, _scheduler, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
+from lejepa_tune.sweep import (SuccessiveHalving, _concurrency, _param_space, _scheduler, _search_algorithm, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
                                new_sweep_dir, orphaned_train_placement_groups, ray_address, run_sweep)
 from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, free_cpus_within, stop_tree, write_space
@@ -241,6 +242,50 @@ def test_successive_halving_waits_for_every_trial_at_a_rung_then_keeps_the_best(
     sha = again
     assert report("a", 2, 4.0) == "NOOP" and report("c", 2, 1.0) == "NOOP"
     assert controller.stopped == ["c"] and sha.choose_trial_to_run(controller) is trials["a"]
+
+
+def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a_new_one(tmp_path):
+    """The searcher's limit: a new trial is suggested only while fewer than ``max_running``
+    trials train. A trial paused at a rung frees its slot (Tune's own limit would not, and
+    without one Tune would start every trial's processes at once). The limit's state goes
+    through Tune's save and restore without the scheduler; the restored limit asks the
+    resumed sweep's scheduler. Also for a space that searches nothing."""
+    spec = sweep_spec_from_dict({**SPACE, "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": 2, "reduction_factor": 2, "max_concurrent_trials": 2}})
+    sha = _scheduler(spec)
+    sha.set_search_properties(OBJECTIVE, "max")
+    search = SearchGenerator(_search_algorithm(spec, str(tmp_path), sha))
+    search.set_search_properties(OBJECTIVE, "max", _param_space(spec))
+    controller = _Controller()
+    controller.scheduler = sha
+    trials = {name: Trial(name) for name in "abcd"}
+    for name in "abcd":
+        controller.trials.append(trials[name])
+        sha.on_trial_add(controller, trials[name])
+    limiter = search.searcher
+    assert limiter.suggest("a") and limiter.suggest("b")
+    assert limiter.suggest("c") is None  # two train
+    trials["a"].status = "RUNNING"
+    assert sha.on_trial_result(controller, trials["a"], {EPOCH: 2, OBJECTIVE: 1.0}) == "NOOP"
+    assert sha.waiting() == {"a"} and limiter.suggest("c") and limiter.suggest("d") is None
+
+    search.save_to_dir(str(tmp_path), "s")
+    again = _scheduler(spec)
+    restored = SearchGenerator(_search_algorithm(spec, str(tmp_path), again))
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.searcher.live_trials == {"a", "b", "c"}
+    assert restored.searcher.suggest("d") is None  # the resumed scheduler has seen no rung yet
+    again.set_search_properties(OBJECTIVE, "max")
+    for name in "abcd":
+        again.on_trial_add(controller, trials[name])
+    controller.scheduler = again
+    assert again.on_trial_result(controller, trials["a"], {EPOCH: 2, OBJECTIVE: 1.0}) == "NOOP"  # its checkpoint's epoch
+    assert restored.searcher.suggest("d") is None  # b and c train
+    assert again.on_trial_result(controller, trials["b"], {EPOCH: 2, OBJECTIVE: 2.0}) == "NOOP"
+    assert restored.searcher.suggest("d")
+
+    nothing = sweep_spec_from_dict({"name": "n", "tune": {"num_samples": 3, "scheduler": "sha", "max_concurrent_trials": 1}})
+    limiter = _search_algorithm(nothing, str(tmp_path / "n"), _scheduler(nothing))
+    assert limiter.suggest("x") == {} and limiter.suggest("y") is None
 
 
 @pytest.mark.parametrize("epochs,grace,rf", [(8, 1, 3), (8, 1, 2), (16, 2, 3), (9, 1, 3), (6, 2, 3), (10, 1, 2.5), (3, 4, 2), (1, 1, 3)])
