@@ -802,7 +802,8 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     optuna_url = _optuna_storage(sweep_dir)
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt(),
                  CSVLoggerCallback(), JsonLoggerCallback(), _FreeOrphanedWorkers()]
-    scheduler = _scheduler(spec, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    scheduler = _scheduler(spec, cluster)
     return ray.tune.Tuner(
         trainable,
         param_space=_param_space(spec),
@@ -814,7 +815,7 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
             num_samples=spec.tune.num_samples,
             # Synchronous successive halving limits the running trials itself (paused ones count
             # as running for Tune's limit): its _RungLimiter.
-            max_concurrent_trials=None if spec.tune.scheduler == "sha" else _concurrency(spec, ray.cluster_resources()),
+            max_concurrent_trials=None if isinstance(scheduler, SuccessiveHalving) else _concurrency(spec, cluster),
         ),
         run_config=ray.tune.RunConfig(
             name="tune",
