@@ -276,7 +276,8 @@ class SuccessiveHalving(FIFOScheduler):
     a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
     holds no resources, but is started again to go on (its Ray Train run, named after the trial,
     resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
-    before the last rung. Tune pauses a function trainable through a checkpoint of Tune's own,
+    before the last rung. The last trial to reach a rung is decided at once: if it goes on, it
+    is not paused at all. Tune pauses a function trainable through a checkpoint of Tune's own,
     which these trials do not report: the trial is paused without one (its checkpoint is Ray
     Train's). At most ``max_running`` trials train at once: this scheduler starts no more
     paused trials again, and its searcher's :class:`_RungLimiter` suggests no more new ones
@@ -327,6 +328,12 @@ class SuccessiveHalving(FIFOScheduler):
         self._level[trial.trial_id] = level
         self._promoted.discard(trial.trial_id)
         self._waiting.add(trial.trial_id)
+        decision = self._decision()
+        if decision is not None and trial.trial_id in decision[0]:
+            # The last trial to reach the rung, and among its best: it goes on without a pause
+            # (a pause would end its processes only to start them again from its checkpoint).
+            self._apply(tune_controller, decision, going_on=trial.trial_id)
+            return TrialScheduler.CONTINUE
         tune_controller.pause_trial(trial, should_checkpoint=False)
         self._decide(tune_controller)
         return TrialScheduler.NOOP
@@ -347,26 +354,37 @@ class SuccessiveHalving(FIFOScheduler):
         self._decide(tune_controller)
 
     def _decide(self, tune_controller) -> None:
-        """Decides the lowest rung every live trial has reached, once the sweep has all its
-        trials: its best go on, the rest stop."""
+        decision = self._decision()
+        if decision is not None:
+            self._apply(tune_controller, decision)
+
+    def _decision(self) -> tuple[list[str], list[str], int] | None:
+        """The lowest rung every live trial has reached, once the sweep has all its trials and
+        they all wait there: ``(the best, who go on; the rest, who stop; the rung)``; else None."""
         if len(self._trials) < self._num_samples:
-            return
+            return None
         live = [t for t in self._trials if t not in self._ended]
         if not live or any(t not in self._waiting for t in live):
-            return
+            return None
         level = min(self._level[t] for t in live)
         cohort = [t for t in live if self._level[t] == level]
         if len(cohort) < len(live):
-            return  # trials below this rung still train to it
+            return None  # trials below this rung still train to it
         keep = max(1, int(len(cohort) // self._rf))
         ranked = sorted(cohort, key=lambda t: self._scores[t], reverse=True)
+        return ranked[:keep], ranked[keep:], level
+
+    def _apply(self, tune_controller, decision: tuple[list[str], list[str], int], going_on: str | None = None) -> None:
+        """Carries out a :meth:`_decision`; ``going_on``: a trial of the best that is running
+        (not paused) and continues as it is."""
+        best, rest, level = decision
         # The decision is written down whole before any trial is stopped: Tune tells the
         # scheduler of each stop (on_trial_remove), which comes back here.
-        self._waiting.difference_update(cohort)
-        self._promoted.update(ranked[:keep])
-        self._ended.update(ranked[keep:])
-        logger.info("successive halving after epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], keep, len(cohort), ", ".join(ranked[:keep]))
-        for trial_id in ranked[keep:]:
+        self._waiting.difference_update(best + rest)
+        self._promoted.update(t for t in best if t != going_on)
+        self._ended.update(rest)
+        logger.info("successive halving after epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], len(best), len(best) + len(rest), ", ".join(best))
+        for trial_id in rest:
             tune_controller.stop_trial(self._trials[trial_id])
 
     @property

@@ -194,7 +194,8 @@ def test_successive_halving_waits_for_every_trial_at_a_rung_then_keeps_the_best(
     """Synchronous successive halving, the decisions alone: 4 trials of 4 epochs, halving at
     epochs 1 and 2. No trial goes on before all four reached the rung; the best half (by the
     objective, a diverged trial last) go on; a trial restarted from its checkpoint reports the
-    rung's epoch again without waiting a second time; at most one trial runs at once."""
+    rung's epoch again without waiting a second time; the last trial to reach a rung is paused
+    only if it does not go on; at most one trial runs at once."""
     spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": 4}},
                                  "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1}})
     sha = _scheduler(spec)
@@ -224,10 +225,11 @@ def test_successive_halving_waits_for_every_trial_at_a_rung_then_keeps_the_best(
     # c goes on: its checkpoint's epoch again, then the next; it waits at epoch 2 for a.
     assert report("c", 1, 3.0) == "CONTINUE"
     assert report("c", 2, 1.0) == "NOOP" and controller.stopped == ["d", "b"]
-    assert report("a", 1, 2.0) == "CONTINUE" and report("a", 2, 4.0) == "NOOP"
-    assert controller.stopped == ["d", "b", "c"]
-    assert sha.choose_trial_to_run(controller) is trials["a"]
-    assert report("a", 2, 4.0) == "CONTINUE" and report("a", 3, 4.0) == "CONTINUE" and report("a", 4, 4.0) == "CONTINUE"
+    # a is the last to reach epoch 2, and the better: it goes on at once, without a pause.
+    assert report("a", 1, 2.0) == "CONTINUE" and report("a", 2, 4.0) == "CONTINUE"
+    assert controller.stopped == ["d", "b", "c"] and controller.paused == ["a", "b", "c", "d", "c"]
+    assert trials["a"].status == "RUNNING" and sha.waiting() == set() and sha.choose_trial_to_run(controller) is None
+    assert report("a", 3, 4.0) == "CONTINUE" and report("a", 4, 4.0) == "CONTINUE"
 
     # A resumed sweep: a fresh scheduler is handed its trials again. The ended ones are not
     # waited for; one that had gone on past the first rung waits at the rung it reached last.
@@ -469,7 +471,7 @@ def test_an_interrupted_sweep_gives_its_workers_cpus_back_to_the_ray_it_leaves_r
     def interrupt_after_the_first_report():
         deadline = time.monotonic() + 180
         while not done.is_set() and time.monotonic() < deadline and not any(p.stat().st_size for p in sweeps.rglob("result.json")):
-            time.sleep(0.2)
+            time.sleep(0.1)
         if not done.is_set():
             os.kill(os.getpid(), signal.SIGUSR1)
 
