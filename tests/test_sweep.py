@@ -290,6 +290,50 @@ def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a
     assert limiter.suggest("x") == {} and limiter.suggest("y") is None
 
 
+@pytest.mark.slow
+def test_successive_halving_in_a_real_tune_run_of_a_space_that_searches_nothing(local_ray, tmp_path):
+    """The scheduler and its searcher's limit as the sweep wires them (no Tune concurrency
+    limit), in a real Tune run of 8 trials of a space that searches nothing, with a trainable
+    that stands for the trial: it reports an objective of its trial's id every epoch and,
+    started again, resumes as a trial's Ray Train run does (its last epoch reported again, then
+    the next). Every trial reaches epoch 1; the better half goes on to epoch 2, the best quarter
+    to the end; the paused trials are started again, and no epoch is trained twice. (That at
+    most two train at once is the unit tests' to show: with a searcher, Tune starts one trial at
+    a time, about a second apart, longer than these epochs.)"""
+    spec = sweep_spec_from_dict({"name": "n", "base": {"train": {"epochs": 3}},
+                                 "tune": {"num_samples": 8, "scheduler": "sha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 2}})
+    scheduler = _scheduler(spec)
+    progress = tmp_path / "progress"
+    progress.mkdir()
+
+    def trainable(config):
+        trial_id = ray.tune.get_context().get_trial_id()
+        number = float(int(trial_id.rsplit("_", 1)[-1], 16))  # a searcher's trial ids are hex
+        done = progress / trial_id
+        last = len(done.read_text().split()) if done.exists() else 0
+        if last:
+            ray.tune.report({EPOCH: last, OBJECTIVE: number})
+        for epoch in range(last + 1, 4):
+            time.sleep(0.1)
+            with open(done, "a") as f:
+                f.write(f"{epoch} ")
+            ray.tune.report({EPOCH: epoch, OBJECTIVE: number})
+
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(trainable, {"CPU": 0, "memory": 2**20}),  # as a sweep's trial: no CPU
+        tune_config=ray.tune.TuneConfig(metric=OBJECTIVE, mode="max", search_alg=_search_algorithm(spec, str(tmp_path), scheduler),
+                                        scheduler=scheduler, num_samples=8, max_concurrent_trials=None),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=str(tmp_path / "sweep"), verbose=0,
+                                      failure_config=ray.tune.FailureConfig(max_failures=0)),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    by_objective = sorted(results, key=lambda r: r.metrics[OBJECTIVE])
+    assert [r.metrics[EPOCH] for r in by_objective] == [1, 1, 1, 1, 2, 2, 3, 3]
+    for r in results:  # each epoch trained once, in order, across the trial's starts
+        assert (progress / r.metrics["trial_id"]).read_text().split() == [str(e) for e in range(1, r.metrics[EPOCH] + 1)]
+
+
 @pytest.mark.parametrize("epochs,grace,rf", [(8, 1, 3), (8, 1, 2), (16, 2, 3), (9, 1, 3), (6, 2, 3), (10, 1, 2.5), (3, 4, 2), (1, 1, 3)])
 def test_the_rungs_validate_names_are_where_the_sweeps_asha_stops_a_trial(epochs, grace, rf):
     """``TuneSpec.asha_rungs`` (what ``validate`` prints) against the scheduler a sweep runs: a
