@@ -440,13 +440,13 @@ class _RungLimiter(ConcurrencyLimiter):
         self._waiting = waiting
 
     def suggest(self, trial_id: str) -> dict | None:
-        if len(self.live_trials.difference(self._waiting())) >= self.max_concurrent:
-            return None
-        suggestion = self.searcher.suggest(trial_id)
-        if suggestion not in (None, Searcher.FINISHED):
-            self.live_trials.add(trial_id)
-            self.num_unfinished_live_trials += 1
-        return suggestion
+        # Ray's limit on the live trials, raised by those of them that wait.
+        waiting = len(self.live_trials.intersection(self._waiting()))
+        self.max_concurrent += waiting
+        try:
+            return super().suggest(trial_id)
+        finally:
+            self.max_concurrent -= waiting
 
     def get_state(self) -> dict:
         # The scheduler is not the searcher's state (Tune deep-copies the state it saves).
