@@ -1,7 +1,8 @@
 """ASHA, measured: the same space (``search_spaces/full_sweep.yaml``: λ, views, projector dim,
 learning rate, batch size) searched with and without early stopping, at the same number of
 trials and seed, both on the label-free objective. For each: the compute used (trial-epochs
-trained), the wall time, and the regret of the label-free choice against the reference.
+trained), the trial starts beyond the first (a ``sha`` trial is started again after each rung it
+waited at), the wall time, and the regret of the label-free choice against the reference.
 
     python experiments/asha.py --output-dir DIR            # the README's table (~1 h on 2 cores)
     python experiments/asha.py --smoke-test                # tiny, for CI
@@ -24,7 +25,7 @@ from pathlib import Path
 import ray
 
 from lejepa_tune.analysis import analyse
-from lejepa_tune.metrics import REFERENCE_ACC
+from lejepa_tune.metrics import EPOCH, REFERENCE_ACC
 from lejepa_tune.records import read_records
 from lejepa_tune.report import format_table
 from lejepa_tune.search_space import load_sweep_spec
@@ -41,6 +42,17 @@ def run(root: Path, name: str, overrides: list[str]):
         return read_records(str(done[-1]))
     spec = load_sweep_spec(SPACE, [*overrides, f"name={name}", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}"])
     return run_sweep(spec, storage_path=str(root / "sweeps"), verbose=0)
+
+
+def resumes(sweep_dir: str) -> int:
+    """How many times the sweep's trials were started again (a ``sha`` trial after its pause at a
+    rung): the epochs Tune's results of a trial hold twice, since a resumed trial reports its
+    checkpoint's epoch again."""
+    count = 0
+    for path in Path(sweep_dir).glob("tune/*/result.json"):
+        epochs = [json.loads(line).get(EPOCH) for line in path.read_text().splitlines() if line.strip()]
+        count += len(epochs) - len(set(epochs))
+    return count
 
 
 def main() -> None:
@@ -68,12 +80,12 @@ def main() -> None:
             pick, best = reference.get(analysis.selection.choice), reference.get(analysis.selection.best_by_reference)
             results[name] = {"trial_epochs": epochs, "full_epochs": full, "minutes": records.elapsed_s / 60, "regret": a.regret,
                              "spearman": a.spearman, "completed": sum(t.status == "completed" for t in records.trials), "trials": len(records.trials),
-                             "pick_reference": pick, "best_reference": best}
-            rows.append([name, f"{results[name]['completed']}/{len(records.trials)}", epochs, f"{epochs / full:.0%}", records.elapsed_s / 60, 100 * a.regret,
-                         a.spearman, pick, best])
+                             "pick_reference": pick, "best_reference": best, "resumes": resumes(records.sweep_dir)}
+            rows.append([name, f"{results[name]['completed']}/{len(records.trials)}", epochs, f"{epochs / full:.0%}", results[name]["resumes"],
+                         records.elapsed_s / 60, 100 * a.regret, a.spearman, pick, best])
     ray.shutdown()
     (root / "results.json").write_text(json.dumps(results, indent=2))
-    print(format_table(["sweep", "completed", "trial-epochs", "of all", "minutes", "regret (points)", "objective ρ (completed)",
+    print(format_table(["sweep", "completed", "trial-epochs", "of all", "resumes", "minutes", "regret (points)", "objective ρ (completed)",
                         "its pick's reference accuracy", "best finished trial's"], rows))
 
 
