@@ -88,13 +88,13 @@ def _load_spec(args: argparse.Namespace):
 def _load_checked_spec(args: argparse.Namespace):
     """The search space, checked against timm and the data too: a bad space fails here,
     before Ray starts, not once per trial."""
-    from .preflight import check_sweep, sweep_width_note
+    from .preflight import check_sweep, searcher_note, sweep_width_note
 
     spec = _load_spec(args)
     check_sweep(spec)
-    note = sweep_width_note(spec)
-    if note:
-        print(f"warning: {spec.source}: {note}", file=sys.stderr)
+    for note in (sweep_width_note(spec), searcher_note(spec)):
+        if note:
+            print(f"warning: {spec.source}: {note}", file=sys.stderr)
     return spec
 
 

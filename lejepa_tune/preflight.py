@@ -14,7 +14,7 @@ from .data import DataSplits, build_datasets
 from .models import create_backbone, known_backbone
 from .search_space import SweepSpec, corners, trial_config
 
-__all__ = ["check_trainable", "check_sweep", "labelfree_width_note", "sweep_width_note"]
+__all__ = ["check_trainable", "check_sweep", "labelfree_width_note", "searcher_note", "sweep_width_note"]
 
 # The searched keys (besides data.* and model.backbone_kwargs.*) whose values check_trainable
 # looks at.
@@ -108,6 +108,18 @@ def sweep_width_note(spec: SweepSpec) -> str | None:
     _, cfg, params = worst
     shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
     return labelfree_width_note(cfg) + (f" (in trials with {shown})" if shown else "")
+
+
+def searcher_note(spec: SweepSpec) -> str | None:
+    """Where TPE can learn nothing: under synchronous successive halving every trial waits at
+    the first rung until all ``num_samples`` have reached it, so no trial ends before the last
+    one is proposed, and TPE (which learns from ended trials) proposes them all as its random
+    start-up draws."""
+    tune = spec.tune
+    if tune.scheduler != "sha" or tune.searcher != "tpe" or not spec.search or tune.num_samples < 2 or not tune.asha_rungs(spec.base.train.epochs):
+        return None
+    return (f"tune.searcher: tpe with tune.scheduler: sha: no trial ends before all {tune.num_samples} are proposed, so TPE proposes "
+            "them as random search would (its start-up draws); with tune.scheduler: asha, TPE learns from the trials it stops")
 
 
 def _labelfree_shortfall(cfg: Config) -> tuple[int, int, int] | None:

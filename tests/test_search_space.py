@@ -146,10 +146,18 @@ def test_validate_command(tmp_path, capsys):
     # grace period 1, reduction factor 2 (the defaults) on 2 epochs: the one rung is after epoch 1
     assert out.splitlines()[-1] == ("  searcher: tpe on labelfree/objective (max); ASHA may stop a trial after epoch 1 of 2 "
                                     "(tune.grace_period 1, tune.reduction_factor 2)")
-    assert main(["validate", str(write(tmp_path, GOOD.replace("scheduler: asha", "scheduler: sha")))]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert "tune.searcher" not in capsys.readouterr().err
+    sha = write(tmp_path, GOOD.replace("scheduler: asha", "scheduler: sha"))
+    assert main(["validate", str(sha)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == (
         "  searcher: tpe on labelfree/objective (max); synchronous successive halving: every trial waits after epoch 1 of 2 until all "
         "have reached it, and the best 1/2 go on (tune.grace_period 1, tune.reduction_factor 2)")
+    # TPE learns from ended trials, and under sha none ends before the last is proposed.
+    assert err.strip() == (f"warning: {sha}: tune.searcher: tpe with tune.scheduler: sha: no trial ends before all 3 are proposed, so TPE "
+                           "proposes them as random search would (its start-up draws); with tune.scheduler: asha, TPE learns from the trials it stops")
+    assert main(["validate", str(write(tmp_path, GOOD.replace("scheduler: asha", "scheduler: sha, searcher: random")))]) == 0
+    assert "tune.searcher" not in capsys.readouterr().err
 
 
 def test_shipped_search_spaces_validate(capsys):
