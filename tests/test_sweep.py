@@ -298,8 +298,8 @@ def test_successive_halving_in_a_real_tune_run_of_a_space_that_searches_nothing(
     started again, resumes as a trial's Ray Train run does (its last epoch reported again, then
     the next). Every trial reaches epoch 1; the better half goes on to epoch 2, the best quarter
     to the end; the paused trials are started again, and no epoch is trained twice. (That at
-    most two train at once is the unit tests' to show: with a searcher, Tune starts one trial at
-    a time, about a second apart, longer than these epochs.)"""
+    most two train at once is the unit tests' to show: Tune starts the paused trials again one
+    after another, about a second apart, longer than these epochs.)"""
     spec = sweep_spec_from_dict({"name": "n", "base": {"train": {"epochs": 3}},
                                  "tune": {"num_samples": 8, "scheduler": "sha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 2}})
     scheduler = _scheduler(spec)
