@@ -335,7 +335,8 @@ class SuccessiveHalving(FIFOScheduler):
             self._apply(tune_controller, decision, going_on=trial.trial_id)
             return TrialScheduler.CONTINUE
         tune_controller.pause_trial(trial, should_checkpoint=False)
-        self._decide(tune_controller)
+        if decision is not None:  # the last to reach the rung, and it stops
+            self._apply(tune_controller, decision)
         return TrialScheduler.NOOP
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
