@@ -111,15 +111,17 @@ def sweep_width_note(spec: SweepSpec) -> str | None:
 
 
 def searcher_note(spec: SweepSpec) -> str | None:
-    """Where TPE can learn nothing: under synchronous successive halving every trial waits at
-    the first rung until all ``num_samples`` have reached it, so no trial ends before the last
-    one is proposed, and TPE (which learns from ended trials) proposes them all as its random
-    start-up draws."""
+    """Where TPE can learn nothing: under synchronous successive halving in one cohort, every
+    trial waits at the first rung until all ``num_samples`` have reached it, so no trial ends
+    before the last one is proposed, and TPE (which learns from ended trials) proposes them all
+    as its random start-up draws."""
     tune = spec.tune
-    if tune.scheduler != "sha" or tune.searcher != "tpe" or not spec.search or tune.num_samples < 2 or not tune.asha_rungs(spec.base.train.epochs):
+    if (tune.scheduler != "sha" or tune.cohorts > 1 or tune.searcher != "tpe" or not spec.search or tune.num_samples < 2
+            or not tune.asha_rungs(spec.base.train.epochs)):
         return None
     return (f"tune.searcher: tpe with tune.scheduler: sha: no trial ends before all {tune.num_samples} are proposed, so TPE proposes "
-            "them as random search would (its start-up draws); with tune.scheduler: asha, TPE learns from the trials it stops")
+            "them as random search would (its start-up draws); with tune.cohorts: 2 or more, TPE proposes each later cohort from "
+            "the trials the earlier ones stopped")
 
 
 def _labelfree_shortfall(cfg: Config) -> tuple[int, int, int] | None:

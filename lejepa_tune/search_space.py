@@ -124,12 +124,24 @@ class TuneSpec:
     # ASHA and sha: the minimum number of epochs before a trial may be stopped, and the halving rate.
     grace_period: int = field(default=1, metadata={"check": (lambda v: v > 0, "an integer > 0")})
     reduction_factor: float = field(default=2.0, metadata={"check": (lambda v: v > 1, "a number > 1")})
+    # sha: halve the trials in this many cohorts, one after another (num_samples split evenly,
+    # in the order they are proposed), each through the same rungs. A cohort's trials are
+    # proposed once the cohort before is down to the trials that train to the end, so TPE
+    # learns from every trial the earlier cohorts stopped (BOHB's way); with one cohort, TPE
+    # proposes every trial before any has ended, as random search would.
+    cohorts: int = field(default=1, metadata={"check": (lambda v: v > 0, "an integer > 0")})
     # Points evaluated first, e.g. the paper's defaults: [{loss.lam: 0.05, optim.lr: 0.002}].
     points_to_evaluate: tuple[Mapping[str, Any], ...] = ()
     # null: as many trials as the cluster's CPUs (or GPUs) can hold at once.
     max_concurrent_trials: int | None = field(default=None, metadata={"check": (lambda v: v is None or v > 0, "null or an integer > 0")})
     # How often Ray Train restarts a trial's workers after a failure (from its last checkpoint).
     max_failures: int = field(default=2, metadata={"check": (lambda v: v >= 0, "an integer >= 0")})
+
+    def cohort_sizes(self) -> list[int]:
+        """How many trials each of ``cohorts`` holds: ``num_samples`` split evenly, the first
+        cohorts one larger where it does not split."""
+        n, k = self.num_samples, self.cohorts
+        return [n // k + (i < n % k) for i in range(k)]
 
     def asha_rungs(self, epochs: int) -> list[int]:
         """The epochs after which ASHA may stop a trial of ``epochs`` epochs: Ray Tune's
@@ -345,6 +357,17 @@ def _check_epochs(search: Mapping[str, Distribution], base: Config, tune: TuneSp
                           f"epochs of one length: search the epochs with tune.scheduler: none, or set base.train.epochs)")
 
 
+def _check_cohorts(tune: TuneSpec, source: str) -> None:
+    """Cohorts are synchronous successive halving's, and each holds at least one trial."""
+    if tune.cohorts == 1:
+        return
+    if tune.scheduler != "sha":
+        raise ConfigError(f"{source}: tune.cohorts: {tune.cohorts} cohorts need tune.scheduler: sha (got {tune.scheduler}: "
+                          "ASHA decides each trial as it reaches a rung, and without a scheduler nothing is halved)")
+    if tune.cohorts > tune.num_samples:
+        raise ConfigError(f"{source}: tune.cohorts: {tune.cohorts} cohorts of tune.num_samples {tune.num_samples} trials: at most one cohort per trial")
+
+
 def _check_criterion(criterion: str, source: str) -> None:
     """``selection.criterion`` is ``auto`` or a registered label-free criterion."""
     known = criterion_keys()
@@ -385,6 +408,7 @@ def sweep_spec_from_dict(data: Any, source: str = "<sweep>", base_dir: Path | No
     regularizers = search["loss.regularizer"].values if "loss.regularizer" in search else [base.loss.regularizer]
     _check_metric(tune, regularizers, source)
     _check_points(tune.points_to_evaluate, search, base_data, source)
+    _check_cohorts(tune, source)
     resources = _section(data, ResourcesSpec, "resources", source)
     if resources.gpus_per_worker != "auto" and resources.gpus_per_worker < 0:
         raise ConfigError(f"{source}: resources.gpus_per_worker: expected 'auto' or a number >= 0, got {resources.gpus_per_worker!r}")

@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import optuna
 import ray
@@ -201,6 +201,16 @@ def _close_orphans(sweep_dir: str, study_name: str) -> None:
         storage.set_trial_state_values(internal, optuna.trial.TrialState.FAIL)
 
 
+def _startup_trials(tune: Any) -> int:
+    """How many trials TPE draws at random before it models the ones told: half the trials,
+    from 2 to 10; in cohorts (``tune.cohorts``), at most half the first cohort, so that the next
+    cohort, proposed once the first has stopped all but its finishers, is TPE's."""
+    startup = max(2, min(10, tune.num_samples // 2))
+    if tune.scheduler == "sha" and tune.cohorts > 1:
+        startup = max(1, min(startup, tune.cohort_sizes()[0] // 2))
+    return startup
+
+
 def _optuna_storage(sweep_dir: str) -> str | None:
     """On local storage the study lives in the sweep directory, so Optuna's own tools open it
     (``optuna-dashboard sqlite:///SWEEP_DIR/optuna.db``); elsewhere it lives in the searcher's
@@ -216,7 +226,7 @@ def _searcher(spec: SweepSpec, sweep_dir: str) -> OptunaSearch | None:
     if spec.tune.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.tune.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=max(2, min(10, spec.tune.num_samples // 2)))
+        sampler = optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=_startup_trials(spec.tune))
     url = _optuna_storage(sweep_dir)
     return _OptunaSearch(
         sampler=sampler,
@@ -267,16 +277,23 @@ class FinishingASHA(ASHAScheduler):
 
 class SuccessiveHalving(FIFOScheduler):
     """Synchronous successive halving: every trial trains to the first rung (``rungs[0]``
-    epochs) and waits there, paused; once all ``num_samples`` trials have reached it (or ended),
-    the best ``1/reduction_factor`` of them by the metric (at least one) go on to the next rung
-    and the others are stopped; and so on, the last rung being the trials' full length.
+    epochs) and waits there, paused; once all the trials of its cohort have reached it (or
+    ended), the best ``1/reduction_factor`` of them by the metric (at least one) go on to the
+    next rung and the others are stopped; and so on, the last rung being the trials' full length.
+
+    The trials are halved in cohorts (``cohorts``: how many trials each holds, in the order they
+    are added; one cohort of all ``num_samples`` by default), each on its own. A later cohort's
+    trials are proposed only once the cohort before is down to its finishers, the trials that
+    train to the end (:meth:`may_add`, which :class:`_RungLimiter` asks): by then the searcher
+    has been told of every trial that cohort stopped, and its value at the rung where it stopped,
+    and a searcher that learns (TPE) proposes the next cohort from them, as BOHB does.
 
     Unlike ASHA, a trial is compared with every other trial at the same epoch, not only with
     those that reached the rung before it: the order in which trials arrive does not matter, and
     a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
     holds no resources, but is started again to go on (its Ray Train run, named after the trial,
     resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
-    before the last rung. The last trial to reach a rung is decided at once: if it goes on, it
+    before its cohort's last rung. The last trial to reach a rung is decided at once: if it goes on, it
     is not paused at all. Tune pauses a function trainable through a checkpoint of Tune's own,
     which these trials do not report: the trial is paused without one (its checkpoint is Ray
     Train's). At most ``max_running`` trials train at once: this scheduler starts no more
@@ -287,15 +304,16 @@ class SuccessiveHalving(FIFOScheduler):
     Its clock is the epoch every report carries (a resumed trial reports its checkpoint's epoch
     again, which is not a rung reached a second time)."""
 
-    def __init__(self, rungs: list[int], reduction_factor: float, num_samples: int, max_running: int, time_attr: str = EPOCH) -> None:
+    def __init__(self, rungs: list[int], reduction_factor: float, cohorts: Sequence[int], max_running: int, time_attr: str = EPOCH) -> None:
         super().__init__()
         self._rungs = sorted(rungs)
         self._rf = reduction_factor
-        self._num_samples = num_samples
+        self._cohort_sizes = list(cohorts)
         self._max_running = max_running
         self._time_attr = time_attr
         self._mode = "max"
         self._trials: dict[str, Any] = {}
+        self._cohort: dict[str, int] = {}  # trial id -> its cohort
         self._level: dict[str, int] = {}  # trial id -> how many rungs it has reached
         self._scores: dict[str, float] = {}  # trial id -> its score at the rung it waits at
         self._waiting: set[str] = set()  # paused at a rung, undecided
@@ -312,6 +330,7 @@ class SuccessiveHalving(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._trials[trial.trial_id] = trial
+        self._cohort.setdefault(trial.trial_id, self._cohort_at(len(self._cohort)))
         self._level.setdefault(trial.trial_id, 0)
         if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
             self._ended.add(trial.trial_id)
@@ -328,7 +347,7 @@ class SuccessiveHalving(FIFOScheduler):
         self._level[trial.trial_id] = level
         self._promoted.discard(trial.trial_id)
         self._waiting.add(trial.trial_id)
-        decision = self._decision()
+        decision = self._decision(self._cohort[trial.trial_id])
         if decision is not None and trial.trial_id in decision[0]:
             # The last trial to reach the rung, and among its best: it goes on without a pause
             # (a pause would end its processes only to start them again from its checkpoint).
@@ -355,16 +374,33 @@ class SuccessiveHalving(FIFOScheduler):
         self._decide(tune_controller)
 
     def _decide(self, tune_controller) -> None:
-        decision = self._decision()
-        if decision is not None:
-            self._apply(tune_controller, decision)
+        for cohort in range(len(self._cohort_sizes)):
+            decision = self._decision(cohort)
+            if decision is not None:
+                self._apply(tune_controller, decision)
 
-    def _decision(self) -> tuple[list[str], list[str], int] | None:
-        """The lowest rung every live trial has reached, once the sweep has all its trials and
-        they all wait there: ``(the best, who go on; the rest, who stop; the rung)``; else None."""
-        if len(self._trials) < self._num_samples:
+    def _cohort_at(self, index: int) -> int:
+        """The cohort of the ``index``-th trial added (counting from 0)."""
+        end = 0
+        for cohort, size in enumerate(self._cohort_sizes):
+            end += size
+            if index < end:
+                return cohort
+        return len(self._cohort_sizes) - 1
+
+    def _members(self, cohort: int) -> list[str] | None:
+        """The trials of ``cohort``; None until all of them have been added."""
+        members = [t for t, c in self._cohort.items() if c == cohort]
+        return members if len(members) >= self._cohort_sizes[cohort] else None
+
+    def _decision(self, cohort: int) -> tuple[list[str], list[str], int] | None:
+        """The lowest rung every live trial of ``cohort`` has reached, once the cohort has all its
+        trials and they all wait there: ``(the best, who go on; the rest, who stop; the rung)``;
+        else None."""
+        members = self._members(cohort)
+        if members is None:
             return None
-        live = [t for t in self._trials if t not in self._ended]
+        live = [t for t in members if t not in self._ended]
         if not live or any(t not in self._waiting for t in live):
             return None
         level = min(self._level[t] for t in live)
@@ -395,6 +431,16 @@ class SuccessiveHalving(FIFOScheduler):
     def waiting(self) -> frozenset[str]:
         """The trials paused at a rung, not yet decided (they hold no resources)."""
         return frozenset(self._waiting)
+
+    def may_add(self) -> bool:
+        """Whether the next trial may be proposed: always in the first cohort; in a later one,
+        once every trial of the cohort before has ended or gone on past its last rung."""
+        cohort = self._cohort_at(len(self._cohort))
+        if cohort == 0 or cohort >= len(self._cohort_sizes) or self._cohort_at(len(self._cohort) - 1) == cohort:
+            return True
+        before = self._members(cohort - 1)
+        last = len(self._rungs)
+        return before is not None and all(t in self._ended or (self._level[t] == last and t not in self._waiting) for t in before)
 
     def choose_trial_to_run(self, tune_controller):
         trials = tune_controller.get_trials()
@@ -433,14 +479,18 @@ class _RungLimiter(ConcurrencyLimiter):
     Ray Train controller) at once, since they reserve no CPU: the trials' Ray Train workers then
     queue for the CPUs, while up to ``num_samples`` sets of idle processes compete with them
     for the cores and the memory. Here a new trial is suggested only while fewer than
-    ``max_concurrent`` trials train; the scheduler (``SuccessiveHalving.waiting``) says which
-    wait."""
+    ``max_concurrent`` trials train, and the next cohort's only once the scheduler lets it in;
+    the scheduler says which trials wait (``SuccessiveHalving.waiting``) and whether the next
+    may be added (``SuccessiveHalving.may_add``)."""
 
-    def __init__(self, searcher: Searcher, max_concurrent: int, waiting: Callable[[], Collection[str]]) -> None:
+    def __init__(self, searcher: Searcher, max_concurrent: int, waiting: Callable[[], Collection[str]], may_add: Callable[[], bool]) -> None:
         super().__init__(searcher, max_concurrent)
         self._waiting = waiting
+        self._may_add = may_add
 
     def suggest(self, trial_id: str) -> dict | None:
+        if not self._may_add():
+            return None
         # Ray's limit on the live trials, raised by those of them that wait.
         waiting = len(self.live_trials.intersection(self._waiting()))
         self.max_concurrent += waiting
@@ -451,12 +501,12 @@ class _RungLimiter(ConcurrencyLimiter):
 
     def get_state(self) -> dict:
         # The scheduler is not the searcher's state (Tune deep-copies the state it saves).
-        waiting, self._waiting = self._waiting, None
+        asks, self._waiting, self._may_add = (self._waiting, self._may_add), None, None
         try:
             state = super().get_state()
         finally:
-            self._waiting = waiting
-        del state["_waiting"]
+            self._waiting, self._may_add = asks
+        del state["_waiting"], state["_may_add"]
         return state
 
 
@@ -465,7 +515,7 @@ def _search_algorithm(spec: SweepSpec, sweep_dir: str, scheduler: Any) -> Search
     :class:`_RungLimiter` (Tune's ``max_concurrent_trials`` limits the others)."""
     searcher = _searcher(spec, sweep_dir)
     if isinstance(scheduler, SuccessiveHalving):
-        return _RungLimiter(searcher or _NoSearch(), scheduler.max_running, scheduler.waiting)
+        return _RungLimiter(searcher or _NoSearch(), scheduler.max_running, scheduler.waiting, scheduler.may_add)
     return searcher
 
 
@@ -474,7 +524,7 @@ def _scheduler(spec: SweepSpec, cluster: Mapping[str, float] | None = None):
     epochs from ``grace_period`` on, never at the last epoch), synchronous successive halving
     at the same rungs, or first in, first out."""
     if spec.tune.scheduler == "sha":
-        return SuccessiveHalving(spec.tune.asha_rungs(spec.base.train.epochs), spec.tune.reduction_factor, spec.tune.num_samples,
+        return SuccessiveHalving(spec.tune.asha_rungs(spec.base.train.epochs), spec.tune.reduction_factor, spec.tune.cohort_sizes(),
                                  _concurrency(spec, cluster if cluster is not None else {}))
     if spec.tune.scheduler == "asha":
         return FinishingASHA(

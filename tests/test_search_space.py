@@ -116,6 +116,10 @@ search:
         ("name: s\ntune: {schedular: asha}\n", "tune.schedular", "unknown key"),
         ("name: s\ntune: {scheduler: hyperband}\n", "tune.scheduler", "'asha'"),
         ("name: s\ntune: {searcher: bohb}\n", "tune.searcher", "'random'"),
+        ("name: s\ntune: {cohorts: 0, scheduler: sha}\n", "tune.cohorts", "> 0"),
+        ("name: s\ntune: {cohorts: 2, scheduler: asha}\n", "tune.cohorts", "need tune.scheduler: sha (got asha"),
+        ("name: s\ntune: {cohorts: 2}\n", "tune.cohorts", "need tune.scheduler: sha (got none"),
+        ("name: s\ntune: {cohorts: 4, num_samples: 3, scheduler: sha}\n", "tune.cohorts", "at most one cohort per trial"),
         ("name: s\nresources: {num_workers: -1}\n", "resources.num_workers", "> 0"),
         ("name: s\nsearches: {}\n", "searches", "unknown key"),
         ("search: {}\n", "name", "non-empty name"),
@@ -155,9 +159,18 @@ def test_validate_command(tmp_path, capsys):
         "have reached it, and the best 1/2 go on (tune.grace_period 1, tune.reduction_factor 2)")
     # TPE learns from ended trials, and under sha none ends before the last is proposed.
     assert err.strip() == (f"warning: {sha}: tune.searcher: tpe with tune.scheduler: sha: no trial ends before all 3 are proposed, so TPE "
-                           "proposes them as random search would (its start-up draws); with tune.scheduler: asha, TPE learns from the trials it stops")
+                           "proposes them as random search would (its start-up draws); with tune.cohorts: 2 or more, TPE proposes each later "
+                           "cohort from the trials the earlier ones stopped")
     assert main(["validate", str(write(tmp_path, GOOD.replace("scheduler: asha", "scheduler: sha, searcher: random")))]) == 0
     assert "tune.searcher" not in capsys.readouterr().err
+    # In cohorts, TPE proposes the later cohorts from the trials the first stopped: no warning.
+    assert main(["validate", str(write(tmp_path, GOOD.replace("{num_samples: 3, scheduler: asha}", "{num_samples: 5, scheduler: sha, cohorts: 2}")))]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == (
+        "  searcher: tpe on labelfree/objective (max); synchronous successive halving in 2 cohorts of 2 to 3 trials, one after another: "
+        "every trial waits after epoch 1 of 2 until its cohort has reached it, and the best 1/2 go on "
+        "(tune.grace_period 1, tune.reduction_factor 2, tune.cohorts 2)")
+    assert "tune.searcher" not in err
 
 
 def test_shipped_search_spaces_validate(capsys):

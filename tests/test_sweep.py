@@ -27,7 +27,7 @@ from lejepa_tune.config import config_from_dict
 from lejepa_tune.metrics import EPOCH, OBJECTIVE, REFERENCE_ACC, unpack_floats
 from lejepa_tune.records import read_records
 from lejepa_tune.search_space import sweep_spec_from_dict
-from lejepa_tune.sweep import (SuccessiveHalving, _concurrency, _param_space, _scheduler, _search_algorithm, _searcher, dashboard_hint, free_orphaned_train_placement_groups,
+from lejepa_tune.sweep import (SuccessiveHalving, _concurrency, _param_space, _scheduler, _search_algorithm, _searcher, _startup_trials, dashboard_hint, free_orphaned_train_placement_groups,
                                new_sweep_dir, orphaned_train_placement_groups, ray_address, run_sweep)
 from ranks import free_port
 from tiny import LAM_SEARCH, TINY_BASE, free_cpus_within, stop_tree, write_space
@@ -288,6 +288,70 @@ def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a
     nothing = sweep_spec_from_dict({"name": "n", "tune": {"num_samples": 3, "scheduler": "sha", "max_concurrent_trials": 1}})
     limiter = _search_algorithm(nothing, str(tmp_path / "n"), _scheduler(nothing))
     assert limiter.suggest("x") == {} and limiter.suggest("y") is None
+
+
+def test_in_cohorts_the_next_cohort_is_proposed_once_the_one_before_is_down_to_its_finisher(tmp_path):
+    """``tune.cohorts: 2``: 8 trials of 4 epochs in two cohorts of 4, halved after epochs 1 and
+    2, two training at once, with a real Optuna study (TPE). The second cohort's first trial is
+    not proposed while a trial of the first still waits at a rung, though a slot is free; it is
+    once the first cohort is down to its finisher, when Optuna holds the three trials that cohort
+    stopped, with their values at the rungs, more than TPE's start-up draws. The cohorts are
+    halved apart: the second's rung waits for its own trials only."""
+    spec = sweep_spec_from_dict({**SPACE, "base": {"train": {"epochs": 4}},
+                                 "tune": {"num_samples": 8, "scheduler": "sha", "cohorts": 2, "grace_period": 1, "reduction_factor": 2,
+                                          "max_concurrent_trials": 2}})
+    sha = _scheduler(spec)
+    sha.set_search_properties(OBJECTIVE, "max")
+    search = SearchGenerator(_search_algorithm(spec, str(tmp_path), sha))
+    search.set_search_properties(OBJECTIVE, "max", _param_space(spec))
+    limiter = search.searcher
+    controller = _Controller()
+    controller.scheduler = sha
+    trials: dict[str, Trial] = {}
+
+    def propose(name: str) -> bool:
+        if limiter.suggest(name) is None:
+            return False
+        trials[name] = Trial(name)
+        trials[name].status = "PENDING"
+        controller.trials.append(trials[name])
+        sha.on_trial_add(controller, trials[name])
+        return True
+
+    def report(name: str, epoch: int, value: float) -> str:
+        # As Tune tells the scheduler, then the searcher; Tune stops a paused trial, and tells
+        # the searcher, without a result.
+        trials[name].status = "RUNNING"
+        told = len(controller.stopped)
+        decision = sha.on_trial_result(controller, trials[name], {EPOCH: epoch, OBJECTIVE: value})
+        limiter.on_trial_result(name, {EPOCH: epoch, OBJECTIVE: value})
+        for stopped in controller.stopped[told:]:
+            limiter.on_trial_complete(stopped)
+        return decision
+
+    assert propose("a") and propose("b") and not propose("c")  # two train
+    assert report("a", 1, 1.0) == "NOOP" and propose("c") and not propose("d")
+    assert report("b", 1, 2.0) == "NOOP" and propose("d")
+    assert report("c", 1, 3.0) == "NOOP" and report("d", 1, 4.0) == "CONTINUE"  # d goes on at once, c after a restart
+    assert controller.stopped == ["b", "a"]  # the better first
+    assert report("c", 2, 5.0) == "NOOP"  # waits at epoch 2 for d
+    assert sha.waiting() == {"c"} and not propose("e")  # a slot is free, but the first cohort is not decided
+    assert report("d", 2, 6.0) == "CONTINUE" and controller.stopped == ["b", "a", "c"]
+    study = limiter.searcher._ot_study
+    told = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(told) == 3 > _startup_trials(spec.tune) == 2
+    assert sorted((t.state.name, sorted(t.intermediate_values.items())) for t in told) == [
+        ("PRUNED", [(1, 1.0)]), ("PRUNED", [(1, 2.0)]), ("PRUNED", [(1, 3.0), (2, 5.0)])]
+    assert propose("e") and not propose("f")  # d and e train
+    assert report("e", 1, 0.5) == "NOOP" and propose("f")
+    assert report("f", 1, 0.7) == "NOOP" and propose("g") and propose("h") is False  # d and g train
+    assert report("d", 3, 6.0) == "CONTINUE" and report("d", 4, 6.0) == "CONTINUE" and not propose("h")
+    trials["d"].status = "TERMINATED"  # d ends
+    sha.on_trial_complete(controller, trials["d"], {EPOCH: 4, OBJECTIVE: 6.0})
+    limiter.on_trial_complete("d", {EPOCH: 4, OBJECTIVE: 6.0})
+    assert propose("h")
+    assert report("g", 1, 0.9) == "NOOP" and controller.stopped == ["b", "a", "c"]  # h has not reached the rung
+    assert report("h", 1, 0.1) == "NOOP" and controller.stopped == ["b", "a", "c", "e", "h"]
 
 
 @pytest.mark.slow
