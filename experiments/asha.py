@@ -10,6 +10,7 @@ waited at), the wall time, and the regret of the label-free choice against the r
     python experiments/asha.py --output-dir DIR --set tune.searcher=random      # random search: FIFO and ASHA train the same trials
     python experiments/asha.py --output-dir DIR --schedulers none               # the FIFO sweeps alone (for asha_replay.py)
     python experiments/asha.py --output-dir DIR --schedulers sha --set tune.reduction_factor=2   # synchronous successive halving instead
+    python experiments/asha.py --output-dir DIR --schedulers sha --set tune.reduction_factor=2 tune.cohorts=2   # ... in two cohorts
 
 Sweeps already finished in ``DIR`` (by name) are read back, not run again: a FIFO run does not
 depend on ASHA's settings, so one can be copied in from another output directory.
