@@ -288,8 +288,8 @@ class SuccessiveHalving(FIFOScheduler):
     has been told of every trial that cohort stopped, and its value at the rung where it stopped,
     and a searcher that learns (TPE) proposes the next cohort from them, as BOHB does.
 
-    Unlike ASHA, a trial is compared with every other trial at the same epoch, not only with
-    those that reached the rung before it: the order in which trials arrive does not matter, and
+    Unlike ASHA, a trial is compared with every other trial of its cohort at the same epoch, not
+    only with those that reached the rung before it: the order in which trials arrive does not matter, and
     a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
     holds no resources, but is started again to go on (its Ray Train run, named after the trial,
     resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
