@@ -46,7 +46,7 @@ from .config import ConfigError, config_to_dict
 from .data import DataSplits, as_tensors, build_datasets
 from .metrics import DIVERGED, EPOCH, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, join_uri, unreachable, write_records, write_text
-from .search_space import SweepSpec, spec_to_dict, trial_config
+from .search_space import SweepSpec, TuneSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import checkpointed_metrics, resolve_resources, trial_driver, trial_output_dir
 
@@ -201,7 +201,7 @@ def _close_orphans(sweep_dir: str, study_name: str) -> None:
         storage.set_trial_state_values(internal, optuna.trial.TrialState.FAIL)
 
 
-def _startup_trials(tune: Any) -> int:
+def _startup_trials(tune: TuneSpec) -> int:
     """How many trials TPE draws at random before it models the ones told: half the trials,
     from 2 to 10; in cohorts (``tune.cohorts``), at most half the first cohort, so that the next
     cohort, proposed once the first has stopped all but its finishers, is TPE's."""
@@ -289,12 +289,12 @@ class SuccessiveHalving(FIFOScheduler):
     and a searcher that learns (TPE) proposes the next cohort from them, as BOHB does.
 
     Unlike ASHA, a trial is compared with every other trial of its cohort at the same epoch, not
-    only with those that reached the rung before it: the order in which trials arrive does not matter, and
-    a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
+    only with those that reached the rung before it: the order in which trials arrive does not
+    matter, and a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
     holds no resources, but is started again to go on (its Ray Train run, named after the trial,
     resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
-    before its cohort's last rung. The last trial to reach a rung is decided at once: if it goes on, it
-    is not paused at all. Tune pauses a function trainable through a checkpoint of Tune's own,
+    before its cohort's last rung. The last trial to reach a rung is decided at once: if it goes
+    on, it is not paused at all. Tune pauses a function trainable through a checkpoint of Tune's own,
     which these trials do not report: the trial is paused without one (its checkpoint is Ray
     Train's). At most ``max_running`` trials train at once: this scheduler starts no more
     paused trials again, and its searcher's :class:`_RungLimiter` suggests no more new ones
@@ -436,7 +436,7 @@ class SuccessiveHalving(FIFOScheduler):
         """Whether the next trial may be proposed: always in the first cohort; in a later one,
         once every trial of the cohort before has ended or gone on past its last rung."""
         cohort = self._cohort_at(len(self._cohort))
-        if cohort == 0 or cohort >= len(self._cohort_sizes) or self._cohort_at(len(self._cohort) - 1) == cohort:
+        if cohort == 0 or self._cohort_at(len(self._cohort) - 1) == cohort:  # not a cohort's first trial
             return True
         before = self._members(cohort - 1)
         last = len(self._rungs)
@@ -483,16 +483,15 @@ class _RungLimiter(ConcurrencyLimiter):
     the scheduler says which trials wait (``SuccessiveHalving.waiting``) and whether the next
     may be added (``SuccessiveHalving.may_add``)."""
 
-    def __init__(self, searcher: Searcher, max_concurrent: int, waiting: Callable[[], Collection[str]], may_add: Callable[[], bool]) -> None:
+    def __init__(self, searcher: Searcher, max_concurrent: int, scheduler: SuccessiveHalving) -> None:
         super().__init__(searcher, max_concurrent)
-        self._waiting = waiting
-        self._may_add = may_add
+        self._scheduler = scheduler
 
     def suggest(self, trial_id: str) -> dict | None:
-        if not self._may_add():
+        if not self._scheduler.may_add():
             return None
         # Ray's limit on the live trials, raised by those of them that wait.
-        waiting = len(self.live_trials.intersection(self._waiting()))
+        waiting = len(self.live_trials.intersection(self._scheduler.waiting()))
         self.max_concurrent += waiting
         try:
             return super().suggest(trial_id)
@@ -501,12 +500,12 @@ class _RungLimiter(ConcurrencyLimiter):
 
     def get_state(self) -> dict:
         # The scheduler is not the searcher's state (Tune deep-copies the state it saves).
-        asks, self._waiting, self._may_add = (self._waiting, self._may_add), None, None
+        scheduler, self._scheduler = self._scheduler, None
         try:
             state = super().get_state()
         finally:
-            self._waiting, self._may_add = asks
-        del state["_waiting"], state["_may_add"]
+            self._scheduler = scheduler
+        del state["_scheduler"]
         return state
 
 
@@ -515,7 +514,7 @@ def _search_algorithm(spec: SweepSpec, sweep_dir: str, scheduler: Any) -> Search
     :class:`_RungLimiter` (Tune's ``max_concurrent_trials`` limits the others)."""
     searcher = _searcher(spec, sweep_dir)
     if isinstance(scheduler, SuccessiveHalving):
-        return _RungLimiter(searcher or _NoSearch(), scheduler.max_running, scheduler.waiting, scheduler.may_add)
+        return _RungLimiter(searcher or _NoSearch(), scheduler.max_running, scheduler)
     return searcher
 
 
