@@ -314,9 +314,13 @@ class SuccessiveHalving(FIFOScheduler):
         self._mode = "max"
         self._trials: dict[str, Any] = {}
         self._cohort: dict[str, int] = {}  # trial id -> its cohort
+        self._order: dict[str, int] = {}  # trial id -> when it was added: the tie-break at a rung
         self._level: dict[str, int] = {}  # trial id -> how many rungs it has reached
-        self._scores: dict[str, float] = {}  # trial id -> its score at the rung it waits at
+        self._passed: dict[str, int] = {}  # trial id -> how many rungs it has been let past
+        self._scores: dict[str, dict[int, float]] = {}  # trial id -> {rung level: its score there}
+        self._decided: dict[int, int] = {}  # cohort -> how many of its rungs are decided
         self._waiting: set[str] = set()  # paused at a rung, undecided
+        self._left: dict[str, int] = {}  # trial id -> the rung it waited at, undecided, when it ended
         self._promoted: set[str] = set()  # paused, to be started again
         self._ended: set[str] = set()
 
@@ -328,34 +332,64 @@ class SuccessiveHalving(FIFOScheduler):
         self._mode = mode or getattr(self, "_mode", None) or "max"
         return True
 
-    def on_trial_add(self, tune_controller, trial) -> None:
-        self._trials[trial.trial_id] = trial
-        self._cohort.setdefault(trial.trial_id, self._cohort_at(len(self._cohort)))
-        self._level.setdefault(trial.trial_id, 0)
-        if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
-            self._ended.add(trial.trial_id)
+    def _reached(self, epoch: float) -> int:
+        """How many rungs a trial at ``epoch`` has reached."""
+        return sum(r <= epoch for r in self._rungs)
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        # The rungs this epoch has reached: one more than before, or, for a trial of a resumed
-        # sweep that had gone on past a rung, the rung it reached last.
-        level = sum(r <= result.get(self._time_attr, 0) for r in self._rungs)
-        if level <= self._level.get(trial.trial_id, 0):
-            return TrialScheduler.CONTINUE
+    def _score(self, result: Mapping[str, Any]) -> float:
+        """The metric of a result, higher better; a missing or non-finite one the worst."""
         value = result.get(self._metric, math.nan)
         value = value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf if self._mode == "max" else math.inf
-        self._scores[trial.trial_id] = value if self._mode == "max" else -value
-        self._level[trial.trial_id] = level
-        self._promoted.discard(trial.trial_id)
-        self._waiting.add(trial.trial_id)
-        decision = self._decision(self._cohort[trial.trial_id])
-        if decision is not None and trial.trial_id in decision[0]:
-            # The last trial to reach the rung, and among its best: it goes on without a pause
-            # (a pause would end its processes only to start them again from its checkpoint).
-            self._apply(tune_controller, decision, going_on=trial.trial_id)
+        return value if self._mode == "max" else -value
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        tid = trial.trial_id
+        self._trials[tid] = trial
+        self._cohort.setdefault(tid, self._cohort_at(len(self._cohort)))
+        self._order.setdefault(tid, len(self._order))
+        self._level.setdefault(tid, 0)
+        self._passed.setdefault(tid, 0)
+        self._scores.setdefault(tid, {})
+        if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
+            # It counts at the rungs it reached, as it did before: stopped at the rung where its
+            # last result is, past the others.
+            result = getattr(trial, "last_result", None) or {}
+            epoch = result.get(self._time_attr, 0)
+            level = self._reached(epoch)
+            self._level[tid] = level
+            self._passed[tid] = level - 1 if epoch in self._rungs else level
+            if level:
+                self._scores[tid][level] = self._score(result)
+            self._ended.add(tid)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        tid = trial.trial_id
+        epoch = result.get(self._time_attr, 0)
+        # The rungs this epoch has reached: one more than before, or, for a trial of a resumed
+        # sweep that had gone on past a rung, the rung it reached last.
+        level = self._reached(epoch)
+        if level <= self._level.get(tid, 0):
+            return TrialScheduler.CONTINUE
+        self._level[tid] = level
+        self._scores[tid][level] = self._score(result)
+        self._promoted.discard(tid)
+        # Only a trial let past the rungs below reaches a rung; one that reports an epoch past
+        # the rung (a resumed sweep's) had been let past it too.
+        self._passed[tid] = max(self._passed[tid], level - 1 if epoch == self._rungs[level - 1] else level)
+        cohort = self._cohort[tid]
+        self._decide(tune_controller, below=(cohort, level))
+        decided = self._decided.get(cohort, 0)
+        if self._passed[tid] >= level or decided >= level or (decided == level - 1 and self._certain(tid, level)):
+            # Certain to be among the best at this rung, whoever else reaches it (at the latest,
+            # the last trial to reach it, if among its best): it goes on without a pause, which
+            # would end its processes only to start them again from its checkpoint. (Until the
+            # rung below is decided, who else reaches this one is not known.)
+            self._passed[tid] = max(self._passed[tid], level)
+            self._decide(tune_controller)
             return TrialScheduler.CONTINUE
         tune_controller.pause_trial(trial, should_checkpoint=False)
-        if decision is not None:  # the last to reach the rung, and it stops
-            self._apply(tune_controller, decision)
+        self._waiting.add(tid)
+        self._decide(tune_controller)  # the last to reach the rung, and it stops
         return TrialScheduler.NOOP
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
@@ -368,16 +402,13 @@ class SuccessiveHalving(FIFOScheduler):
         self._end(tune_controller, trial)
 
     def _end(self, tune_controller, trial) -> None:
-        self._ended.add(trial.trial_id)
-        self._waiting.discard(trial.trial_id)
-        self._promoted.discard(trial.trial_id)
+        tid = trial.trial_id
+        if tid in self._waiting:
+            self._left[tid] = self._level[tid]
+        self._ended.add(tid)
+        self._waiting.discard(tid)
+        self._promoted.discard(tid)
         self._decide(tune_controller)
-
-    def _decide(self, tune_controller) -> None:
-        for cohort in range(len(self._cohort_sizes)):
-            decision = self._decision(cohort)
-            if decision is not None:
-                self._apply(tune_controller, decision)
 
     def _cohort_at(self, index: int) -> int:
         """The cohort of the ``index``-th trial added (counting from 0)."""
@@ -388,40 +419,66 @@ class SuccessiveHalving(FIFOScheduler):
                 return cohort
         return len(self._cohort_sizes) - 1
 
-    def _members(self, cohort: int) -> list[str] | None:
-        """The trials of ``cohort``; None until all of them have been added."""
-        members = [t for t, c in self._cohort.items() if c == cohort]
-        return members if len(members) >= self._cohort_sizes[cohort] else None
+    def _members(self, cohort: int) -> list[str]:
+        """The trials of ``cohort`` added so far, in the order they were added."""
+        return [t for t, c in self._cohort.items() if c == cohort]
 
-    def _decision(self, cohort: int) -> tuple[list[str], list[str], int] | None:
-        """The lowest rung every live trial of ``cohort`` has reached, once the cohort has all its
-        trials and they all wait there: ``(the best, who go on; the rest, who stop; the rung)``;
-        else None."""
+    def _field(self, cohort: int, level: int) -> tuple[list[str], list[str], int]:
+        """The trials of ``cohort`` that reached the rung ``level``, those already let past it
+        and the others, best first (ties: the earlier added first); and how many of the
+        cohort's trials may still reach it (trials not yet added among them)."""
         members = self._members(cohort)
-        if members is None:
-            return None
-        live = [t for t in members if t not in self._ended]
-        if not live or any(t not in self._waiting for t in live):
-            return None
-        level = min(self._level[t] for t in live)
-        cohort = [t for t in live if self._level[t] == level]
-        if len(cohort) < len(live):
-            return None  # trials below this rung still train to it
-        keep = max(1, int(len(cohort) // self._rf))
-        ranked = sorted(cohort, key=lambda t: self._scores[t], reverse=True)
-        return ranked[:keep], ranked[keep:], level
+        field = [t for t in members if self._level[t] >= level and self._left.get(t) != level]
+        past = [t for t in field if self._passed[t] >= level]
+        rest = sorted((t for t in field if self._passed[t] < level), key=lambda t: (-self._scores[t][level], self._order[t]))
+        to_come = sum(1 for t in members if t not in self._ended and self._level[t] < level and self._passed[t] >= level - 1)
+        if level == 1:
+            to_come += self._cohort_sizes[cohort] - len(members)
+        return past, rest, to_come
 
-    def _apply(self, tune_controller, decision: tuple[list[str], list[str], int], going_on: str | None = None) -> None:
-        """Carries out a :meth:`_decision`; ``going_on``: a trial of the best that is running
-        (not paused) and continues as it is."""
-        best, rest, level = decision
+    def _keep(self, reached: int) -> int:
+        return max(1, int(reached // self._rf))
+
+    def _certain(self, tid: str, level: int) -> bool:
+        """Whether ``tid``, at the rung ``level`` of its cohort, whose rungs below are decided, is
+        among the best there whoever else reaches it: fewer trials can end ahead of it than the
+        rung keeps, counting as ahead every trial still to come."""
+        past, rest, to_come = self._field(self._cohort[tid], level)
+        ahead = len(past) + rest.index(tid) + to_come
+        return ahead < self._keep(len(past) + len(rest))
+
+    def _decide(self, tune_controller, below: tuple[int, int] | None = None) -> None:
+        """Decides every rung whose trials have all reached it or ended, in each cohort from its
+        lowest rung up (in ``below``'s cohort, only the rungs under its level): the best
+        ``1/reduction_factor`` of those that reached it (at least one) go on, counting those
+        already let past it; the others stop."""
+        for cohort in range(len(self._cohort_sizes)):
+            while self._decided.get(cohort, 0) < len(self._rungs):
+                level = self._decided.get(cohort, 0) + 1
+                if below is not None and below[0] == cohort and level >= below[1]:
+                    break
+                past, rest, to_come = self._field(cohort, level)
+                if to_come or len(self._members(cohort)) < self._cohort_sizes[cohort]:
+                    break
+                more = max(0, self._keep(len(past) + len(rest)) - len(past))
+                self._decided[cohort] = level
+                self._apply(tune_controller, rest[:more], rest[more:], level, len(past))
+
+    def _apply(self, tune_controller, best: list[str], rest: list[str], level: int, past: int) -> None:
+        """Carries out a rung's decision: ``best`` go on (those paused are started again),
+        ``rest`` stop; ``past`` trials had gone on already."""
         # The decision is written down whole before any trial is stopped: Tune tells the
         # scheduler of each stop (on_trial_remove), which comes back here.
         self._waiting.difference_update(best + rest)
-        self._promoted.update(t for t in best if t != going_on)
+        for t in best:
+            self._passed[t] = level
+        self._promoted.update(t for t in best if t not in self._ended)
+        live = [t for t in rest if t not in self._ended]
         self._ended.update(rest)
-        logger.info("successive halving after epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], len(best), len(best) + len(rest), ", ".join(best))
-        for trial_id in rest:
+        if best or live:
+            logger.info("successive halving after epoch %d: %d of %d trials go on (%s)", self._rungs[level - 1], past + len(best),
+                        past + len(best) + len(rest), ", ".join(best) or "those gone on already")
+        for trial_id in live:
             tune_controller.stop_trial(self._trials[trial_id])
 
     @property
@@ -434,13 +491,13 @@ class SuccessiveHalving(FIFOScheduler):
 
     def may_add(self) -> bool:
         """Whether the next trial may be proposed: always in the first cohort; in a later one,
-        once every trial of the cohort before has ended or gone on past its last rung."""
+        once every trial of the cohort before has ended or been let past its last rung."""
         cohort = self._cohort_at(len(self._cohort))
         if cohort == 0 or self._cohort_at(len(self._cohort) - 1) == cohort:  # not a cohort's first trial
             return True
         before = self._members(cohort - 1)
         last = len(self._rungs)
-        return before is not None and all(t in self._ended or (self._level[t] == last and t not in self._waiting) for t in before)
+        return len(before) >= self._cohort_sizes[cohort - 1] and all(t in self._ended or self._passed[t] >= last for t in before)
 
     def choose_trial_to_run(self, tune_controller):
         trials = tune_controller.get_trials()

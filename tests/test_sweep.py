@@ -246,6 +246,56 @@ def test_successive_halving_waits_for_every_trial_at_a_rung_then_keeps_the_best(
     assert controller.stopped == ["c"] and sha.choose_trial_to_run(controller) is trials["a"]
 
 
+def test_a_trial_certain_to_be_among_the_best_at_a_rung_goes_on_without_waiting():
+    """6 trials of 4 epochs, halving at epochs 1 and 2 (3 go on, then 1), one at a time. A trial
+    goes on at a rung, without the pause (and the restart after it), as soon as too few trials
+    are left to come to push it out of the rung's best: the same trials go on as when everyone
+    waits. Until the rung below is decided, who reaches the next rung is not known, so a trial
+    that went on early waits there. A resumed sweep's fresh scheduler counts the trials it
+    stopped at their rung, from their last results, as it did before the interruption."""
+    spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": 4}},
+                                 "tune": {"num_samples": 6, "scheduler": "sha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1}})
+    values = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 0.0}
+
+    def start(statuses: dict[str, str]) -> tuple[SuccessiveHalving, _Controller, dict[str, Trial]]:
+        sha, controller = _scheduler(spec), _Controller()
+        sha.set_search_properties(OBJECTIVE, "max")
+        controller.scheduler = sha
+        trials = {name: Trial(name) for name in statuses}
+        for name, status in statuses.items():
+            trials[name].status = status
+            if status == "TERMINATED":  # stopped at the first rung
+                trials[name].last_result = {EPOCH: 1, OBJECTIVE: values[name]}
+            controller.trials.append(trials[name])
+            sha.on_trial_add(controller, trials[name])
+        return sha, controller, trials
+
+    sha, controller, trials = start(dict.fromkeys("abcdef", "PENDING"))
+
+    def report(name: str, epoch: int, value: float | None = None) -> str:
+        trials[name].status = "RUNNING"
+        return sha.on_trial_result(controller, trials[name], {EPOCH: epoch, OBJECTIVE: values[name] if value is None else value})
+
+    assert [report(name, 1) for name in "abcd"] == ["NOOP"] * 4  # d: b and c are behind it, but e and f could pass it
+    assert report("e", 1) == "CONTINUE"  # first of five, with one to come: among the best three whatever f scores
+    assert sha.waiting() == {"a", "b", "c", "d"} and controller.paused == list("abcd")
+    assert report("e", 2, 5.0) == "NOOP"  # alone at epoch 2 so far, but who joins it there is not yet known
+    assert report("f", 1) == "NOOP" and controller.stopped == ["b", "a", "f"]  # e, d and c go on: the best three
+    assert sha.waiting() == {"e"} and sha.choose_trial_to_run(controller) in (trials["c"], trials["d"])
+    assert report("c", 1) == "CONTINUE" and report("c", 2, 6.0) == "NOOP"  # d could still pass it
+    assert report("d", 1) == "CONTINUE" and report("d", 2, 0.5) == "NOOP"
+    assert controller.stopped == ["b", "a", "f", "e", "d"] and sha.choose_trial_to_run(controller) is trials["c"]
+
+    # Interrupted after the first rung's decision, before c and d started again: e waited at
+    # epoch 2. The resumed sweep's trials report their checkpoints' epochs again.
+    sha, controller, trials = start({"a": "TERMINATED", "b": "TERMINATED", "c": "PENDING", "d": "PENDING", "e": "PENDING", "f": "TERMINATED"})
+    assert report("e", 2, 5.0) == "NOOP"
+    assert report("c", 1) == "NOOP"  # e went past epoch 1; d could still pass c
+    assert report("d", 1) == "CONTINUE"  # with e and c, the best three of six, as before
+    assert controller.stopped == [] and sha.waiting() == {"e"} and sha.choose_trial_to_run(controller) is None  # d trains
+    assert report("d", 2, 0.5) == "NOOP" and sha.choose_trial_to_run(controller) is trials["c"]  # c goes on, with d and e
+
+
 def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a_new_one(tmp_path):
     """The searcher's limit: a new trial is suggested only while fewer than ``max_running``
     trials train. A trial paused at a rung frees its slot (Tune's own limit would not, and
