@@ -293,8 +293,10 @@ class SuccessiveHalving(FIFOScheduler):
     matter, and a searcher's late, better trials gain no free pass. The price is the waiting: a paused trial
     holds no resources, but is started again to go on (its Ray Train run, named after the trial,
     resumes from its checkpoint at the rung exactly), and the searcher learns from no trial
-    before its cohort's last rung. The last trial to reach a rung is decided at once: if it goes
-    on, it is not paused at all. Tune pauses a function trainable through a checkpoint of Tune's own,
+    before its cohort's last rung. A trial that reaches a rung certain to be among its best,
+    whoever else is still to reach it (too few are left to push it out), goes on at once, not
+    paused at all: the same trials go on as if all had waited, with fewer restarts (at the latest,
+    the last trial to reach a rung goes on at once if it is among the best). Tune pauses a function trainable through a checkpoint of Tune's own,
     which these trials do not report: the trial is paused without one (its checkpoint is Ray
     Train's). At most ``max_running`` trials train at once: this scheduler starts no more
     paused trials again, and its searcher's :class:`_RungLimiter` suggests no more new ones
@@ -458,7 +460,7 @@ class SuccessiveHalving(FIFOScheduler):
                 if below is not None and below[0] == cohort and level >= below[1]:
                     break
                 past, rest, to_come = self._field(cohort, level)
-                if to_come or len(self._members(cohort)) < self._cohort_sizes[cohort]:
+                if to_come:  # at the first rung, the trials not yet added among them
                     break
                 more = max(0, self._keep(len(past) + len(rest)) - len(past))
                 self._decided[cohort] = level
