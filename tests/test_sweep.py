@@ -252,7 +252,8 @@ def test_a_trial_certain_to_be_among_the_best_at_a_rung_goes_on_without_waiting(
     are left to come to push it out of the rung's best: the same trials go on as when everyone
     waits. Until the rung below is decided, who reaches the next rung is not known, so a trial
     that went on early waits there. A resumed sweep's fresh scheduler counts the trials it
-    stopped at their rung, from their last results, as it did before the interruption."""
+    stopped at their rung, from their last results, as it did before the interruption (without
+    them, it would stop trials it had let past the rung, or wait for a decision that never comes)."""
     spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": 4}},
                                  "tune": {"num_samples": 6, "scheduler": "sha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1}})
     values = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 0.0}
@@ -294,6 +295,11 @@ def test_a_trial_certain_to_be_among_the_best_at_a_rung_goes_on_without_waiting(
     assert report("d", 1) == "CONTINUE"  # with e and c, the best three of six, as before
     assert controller.stopped == [] and sha.waiting() == {"e"} and sha.choose_trial_to_run(controller) is None  # d trains
     assert report("d", 2, 0.5) == "NOOP" and sha.choose_trial_to_run(controller) is trials["c"]  # c goes on, with d and e
+    # Interrupted before any of them started again: the rung is decided again, among the six.
+    sha, controller, trials = start({"a": "TERMINATED", "b": "TERMINATED", "c": "PENDING", "d": "PENDING", "e": "PENDING", "f": "TERMINATED"})
+    assert [report(name, 1) for name in "ecd"] == ["NOOP", "NOOP", "CONTINUE"]
+    assert controller.stopped == [] and sha.choose_trial_to_run(controller) is None  # d trains
+    assert report("d", 2) == "NOOP" and sha.choose_trial_to_run(controller) in (trials["c"], trials["e"])  # e and c go on too
 
 
 def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a_new_one(tmp_path):
