@@ -439,6 +439,7 @@ class SuccessiveHalving(FIFOScheduler):
         return past, rest, to_come
 
     def _keep(self, reached: int) -> int:
+        """How many of the ``reached`` trials at a rung go on: ``1/reduction_factor``, at least one."""
         return max(1, int(reached // self._rf))
 
     def _certain(self, tid: str, level: int) -> bool:
