@@ -315,11 +315,9 @@ class SuccessiveHalving(FIFOScheduler):
         self._time_attr = time_attr
         self._mode = "max"
         self._trials: dict[str, Any] = {}
-        self._cohort: dict[str, int] = {}  # trial id -> its cohort
-        self._order: dict[str, int] = {}  # trial id -> when it was added: the tie-break at a rung
-        self._level: dict[str, int] = {}  # trial id -> how many rungs it has reached
+        self._cohort: dict[str, int] = {}  # trial id -> its cohort (in the order the trials were added)
         self._passed: dict[str, int] = {}  # trial id -> how many rungs it has been let past
-        self._scores: dict[str, dict[int, float]] = {}  # trial id -> {rung level: its score there}
+        self._scores: dict[str, dict[int, float]] = {}  # trial id -> {rung level: its score there}, for each rung it reached
         self._decided: dict[int, int] = {}  # cohort -> how many of its rungs are decided
         self._waiting: set[str] = set()  # paused at a rung, undecided
         self._left: dict[str, int] = {}  # trial id -> the rung it waited at, undecided, when it ended
@@ -338,6 +336,10 @@ class SuccessiveHalving(FIFOScheduler):
         """How many rungs a trial at ``epoch`` has reached."""
         return sum(r <= epoch for r in self._rungs)
 
+    def _rungs_reached(self, tid: str) -> int:
+        """How many rungs the trial ``tid`` has reached (it has a score at each)."""
+        return max(self._scores.get(tid, ()), default=0)
+
     def _score(self, result: Mapping[str, Any]) -> float:
         """The metric of a result, higher better; a missing or non-finite one the worst."""
         value = result.get(self._metric, math.nan)
@@ -348,8 +350,6 @@ class SuccessiveHalving(FIFOScheduler):
         tid = trial.trial_id
         self._trials[tid] = trial
         self._cohort.setdefault(tid, self._cohort_at(len(self._cohort)))
-        self._order.setdefault(tid, len(self._order))
-        self._level.setdefault(tid, 0)
         self._passed.setdefault(tid, 0)
         self._scores.setdefault(tid, {})
         if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
@@ -358,7 +358,6 @@ class SuccessiveHalving(FIFOScheduler):
             result = getattr(trial, "last_result", None) or {}
             epoch = result.get(self._time_attr, 0)
             level = self._reached(epoch)
-            self._level[tid] = level
             self._passed[tid] = level - 1 if epoch in self._rungs else level
             if level:
                 self._scores[tid][level] = self._score(result)
@@ -370,9 +369,8 @@ class SuccessiveHalving(FIFOScheduler):
         # The rungs this epoch has reached: one more than before, or, for a trial of a resumed
         # sweep that had gone on past a rung, the rung it reached last.
         level = self._reached(epoch)
-        if level <= self._level.get(tid, 0):
+        if level <= self._rungs_reached(tid):
             return TrialScheduler.CONTINUE
-        self._level[tid] = level
         self._scores[tid][level] = self._score(result)
         self._promoted.discard(tid)
         # Only a trial let past the rungs below reaches a rung; one that reports an epoch past
@@ -381,7 +379,7 @@ class SuccessiveHalving(FIFOScheduler):
         cohort = self._cohort[tid]
         self._decide(tune_controller, below=(cohort, level))
         decided = self._decided.get(cohort, 0)
-        if self._passed[tid] >= level or decided >= level or (decided == level - 1 and self._certain(tid, level)):
+        if self._passed[tid] >= level or (decided == level - 1 and self._certain(tid, level)):
             # Certain to be among the best at this rung, whoever else reaches it (at the latest,
             # the last trial to reach it, if among its best): it goes on without a pause, which
             # would end its processes only to start them again from its checkpoint. (Until the
@@ -406,7 +404,7 @@ class SuccessiveHalving(FIFOScheduler):
     def _end(self, tune_controller, trial) -> None:
         tid = trial.trial_id
         if tid in self._waiting:
-            self._left[tid] = self._level[tid]
+            self._left[tid] = self._rungs_reached(tid)
         self._ended.add(tid)
         self._waiting.discard(tid)
         self._promoted.discard(tid)
@@ -427,13 +425,14 @@ class SuccessiveHalving(FIFOScheduler):
 
     def _field(self, cohort: int, level: int) -> tuple[list[str], list[str], int]:
         """The trials of ``cohort`` that reached the rung ``level``, those already let past it
-        and the others, best first (ties: the earlier added first); and how many of the
-        cohort's trials may still reach it (trials not yet added among them)."""
+        and the others, best first (ties: the earlier added first, the sort being stable); and
+        how many of the cohort's trials may still reach it (trials not yet added among them)."""
         members = self._members(cohort)
-        field = [t for t in members if self._level[t] >= level and self._left.get(t) != level]
+        reached = {t: self._rungs_reached(t) for t in members}
+        field = [t for t in members if reached[t] >= level and self._left.get(t) != level]
         past = [t for t in field if self._passed[t] >= level]
-        rest = sorted((t for t in field if self._passed[t] < level), key=lambda t: (-self._scores[t][level], self._order[t]))
-        to_come = sum(1 for t in members if t not in self._ended and self._level[t] < level and self._passed[t] >= level - 1)
+        rest = sorted((t for t in field if self._passed[t] < level), key=lambda t: -self._scores[t][level])
+        to_come = sum(1 for t in members if t not in self._ended and reached[t] < level and self._passed[t] >= level - 1)
         if level == 1:
             to_come += self._cohort_sizes[cohort] - len(members)
         return past, rest, to_come
