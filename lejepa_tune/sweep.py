@@ -648,13 +648,28 @@ def init_ray(address: str | None = None, include_dashboard: bool = True, **kwarg
     placement-group cleaner finds the state API by auto-detection, which fails as soon as a
     second Ray runs on the machine (another sweep, a test's cluster); then no stopped trial's
     workers would ever be freed. Which cluster: :func:`ray_address`."""
-    address = ray_address(address)
+    where, address = "--address" if address else "RAY_ADDRESS", ray_address(address)
     if address is None and include_dashboard:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         kwargs.update(dashboard_port=port, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
-    return ray.init(address=address or "local", include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
+    try:
+        return ray.init(address=address or "local", include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
+    except ConnectionError as err:
+        if address is None:
+            raise
+        raise ConfigError(f"{where}: {address}: {_join_refused(err)}") from err
+
+
+def _join_refused(err: ConnectionError) -> str:
+    """Why ``ray.init`` could not join a cluster that answers (:func:`check_address` has refused
+    one that does not), in a line: a token the cluster does not take is said with what to set."""
+    text = f"{err} {err.__cause__ or ''}"  # Ray's cause holds the last attempt's traceback, as text
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        return ("the Ray cluster did not take this process's token (none, or not its own): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                "to what `ray get-auth-token` prints on its head node")
+    return f"Ray could not join the cluster ({' '.join(str(err).split())})"
 
 
 def _state_api_available(wait_s: float = 30.0) -> bool:

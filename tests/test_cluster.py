@@ -150,3 +150,20 @@ def test_a_sweep_given_no_address_starts_its_own_ray_beside_a_running_cluster(cl
     started = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stderr[-3000:]
     assert started.stdout.split()[-1] != found
+
+
+def test_a_sweep_without_the_clusters_token_is_refused_in_one_line(cluster, tmp_path):
+    """A cluster that asks for a token, joined by a process that has none: one line naming
+    --address and what to set, exit 2, and no sweep begun (it was a traceback after Ray's retries).
+    Ray's retries are cut to one try (``RAY_NUM_REDIS_GET_RETRIES``: its default, 20, takes as
+    many seconds)."""
+    env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    space = write_space(tmp_path, "no_token", {}, {"num_samples": 1})
+    run = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", space.name, "--address", cluster.address, "--no-dashboard",
+                          "--storage-path", str(tmp_path / "sweeps"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                         cwd=tmp_path, env={**env, "RAY_NUM_REDIS_GET_RETRIES": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stderr.rstrip().splitlines()[-1] == (
+        f"lejepa-tune: error: --address: {cluster.address}: the Ray cluster did not take this process's token (none, or not its own): "
+        "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to what `ray get-auth-token` prints on its head node")
+    assert "Traceback" not in run.stderr and not (tmp_path / "sweeps").exists()
