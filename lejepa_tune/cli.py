@@ -141,15 +141,15 @@ def _scheduler_line(tune, epochs: int) -> str:
     if not rungs:
         return f"{head}; {name} stops no trial: its first rung is not before the last epoch ({settings})"
     where = " or ".join(", ".join(map(str, rungs)).rsplit(", ", 1))
-    if tune.scheduler == "sha" and tune.cohorts > 1:
-        sizes = tune.cohort_sizes()
-        counts = f"{sizes[0]}" if len(set(sizes)) == 1 else f"{sizes[-1]} to {sizes[0]}"
-        return (f"{head}; {name} in {tune.cohorts} cohorts of {counts} trials, one after another: every trial waits after epoch "
-                f"{where} of {epochs} until its cohort has reached it, and the best 1/{tune.reduction_factor:g} go on "
-                f"({settings}, tune.cohorts {tune.cohorts})")
     if tune.scheduler == "sha":
-        return (f"{head}; {name}: every trial waits after epoch {where} of {epochs} until all have reached it, and the best "
-                f"1/{tune.reduction_factor:g} go on ({settings})")
+        among, group, extra = "all trials", "all have", ""
+        if tune.cohorts > 1:
+            sizes = tune.cohort_sizes()
+            counts = f"{sizes[0]}" if len(set(sizes)) == 1 else f"{sizes[-1]} to {sizes[0]}"
+            name += f" in {tune.cohorts} cohorts of {counts} trials, one after another"
+            among, group, extra = "each cohort", "the cohort has", f", tune.cohorts {tune.cohorts}"
+        return (f"{head}; {name}: after epoch {where} of {epochs}, the best 1/{tune.reduction_factor:g} of {among} go on (each as soon "
+                f"as it is certain to be among them) and the others stop once {group} reached it ({settings}{extra})")
     return f"{head}; ASHA may stop a trial after epoch {where} of {epochs} ({settings})"
 
 

@@ -155,8 +155,9 @@ def test_validate_command(tmp_path, capsys):
     assert main(["validate", str(sha)]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[-1] == (
-        "  searcher: tpe on labelfree/objective (max); synchronous successive halving: every trial waits after epoch 1 of 2 until all "
-        "have reached it, and the best 1/2 go on (tune.grace_period 1, tune.reduction_factor 2)")
+        "  searcher: tpe on labelfree/objective (max); synchronous successive halving: after epoch 1 of 2, the best 1/2 of all trials go "
+        "on (each as soon as it is certain to be among them) and the others stop once all have reached it "
+        "(tune.grace_period 1, tune.reduction_factor 2)")
     # TPE learns from ended trials, and under sha none ends before the last is proposed.
     assert err.strip() == (f"warning: {sha}: tune.searcher: tpe with tune.scheduler: sha: no trial ends before all 3 are proposed, so TPE "
                            "proposes them as random search would (its start-up draws); with tune.cohorts: 2 or more, TPE proposes each later "
@@ -168,8 +169,8 @@ def test_validate_command(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out.splitlines()[-1] == (
         "  searcher: tpe on labelfree/objective (max); synchronous successive halving in 2 cohorts of 2 to 3 trials, one after another: "
-        "every trial waits after epoch 1 of 2 until its cohort has reached it, and the best 1/2 go on "
-        "(tune.grace_period 1, tune.reduction_factor 2, tune.cohorts 2)")
+        "after epoch 1 of 2, the best 1/2 of each cohort go on (each as soon as it is certain to be among them) and the others stop "
+        "once the cohort has reached it (tune.grace_period 1, tune.reduction_factor 2, tune.cohorts 2)")
     assert "tune.searcher" not in err
 
 
