@@ -205,6 +205,24 @@ def test_a_sweeps_time_is_rounded_before_it_is_split_into_minutes():
     assert _minutes(59.5) == "1 min 0 s" and _minutes(0.2) == "0 min 0 s"
 
 
+def test_why_ray_could_not_join_a_cluster_that_answers_is_one_line():
+    """A token the cluster refused (Ray's cause holds the attempt's traceback as text) says what
+    to set; any other failure says Ray's own words, on one line. (A real refused token:
+    tests/test_cluster.py.)"""
+    from lejepa_tune.sweep import _join_refused
+
+    try:
+        try:
+            raise RuntimeError("Failed to connect to GCS. Last connection error: Traceback ...\nray.exceptions.AuthenticationError: "
+                               "RPC error: InvalidAuthToken: Authentication token is missing or incorrect.")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as err:
+        assert _join_refused(err).startswith("the Ray cluster did not take this process's token (none, or not its own): set RAY_AUTH_MODE=token")
+    assert _join_refused(ConnectionError("Failed to connect\nto Ray cluster at 10.0.0.1:6379")) == (
+        "Ray could not join the cluster (Failed to connect to Ray cluster at 10.0.0.1:6379)")
+
+
 def console(tmp_path, before: str, *argv: str) -> subprocess.CompletedProcess:
     """``lejepa-tune ARGV`` as the installed command runs it (``cli.console``), in a fresh
     process that first runs the Python code ``before``; its output piped, so block-buffered."""
