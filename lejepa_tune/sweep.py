@@ -336,6 +336,12 @@ class SuccessiveHalving(FIFOScheduler):
         """How many rungs a trial at ``epoch`` has reached."""
         return sum(r <= epoch for r in self._rungs)
 
+    def _let_past(self, epoch: float) -> int:
+        """How many rungs a trial that reports ``epoch`` had been let past: every rung it reached,
+        but the one at ``epoch`` itself, where it may wait."""
+        level = self._reached(epoch)
+        return level - 1 if epoch in self._rungs else level
+
     def _rungs_reached(self, tid: str) -> int:
         """How many rungs the trial ``tid`` has reached (it has a score at each)."""
         return max(self._scores.get(tid, ()), default=0)
@@ -358,7 +364,7 @@ class SuccessiveHalving(FIFOScheduler):
             result = getattr(trial, "last_result", None) or {}
             epoch = result.get(self._time_attr, 0)
             level = self._reached(epoch)
-            self._passed[tid] = level - 1 if epoch in self._rungs else level
+            self._passed[tid] = self._let_past(epoch)
             if level:
                 self._scores[tid][level] = self._score(result)
             self._ended.add(tid)
@@ -375,7 +381,7 @@ class SuccessiveHalving(FIFOScheduler):
         self._promoted.discard(tid)
         # Only a trial let past the rungs below reaches a rung; one that reports an epoch past
         # the rung (a resumed sweep's) had been let past it too.
-        self._passed[tid] = max(self._passed[tid], level - 1 if epoch == self._rungs[level - 1] else level)
+        self._passed[tid] = max(self._passed[tid], self._let_past(epoch))
         cohort = self._cohort[tid]
         self._decide(tune_controller, below=(cohort, level))
         decided = self._decided.get(cohort, 0)
