@@ -304,7 +304,10 @@ class SuccessiveHalving(FIFOScheduler):
     ever).
 
     Its clock is the epoch every report carries (a resumed trial reports its checkpoint's epoch
-    again, which is not a rung reached a second time)."""
+    again, which is not a rung reached a second time). A resumed sweep's unfinished trials,
+    which Tune hands back pending all at once, are held paused with their last results: those
+    that waited at a rung wait there again, started again only if they go on, and the others
+    are started again as slots free (at most ``max_running`` train here too)."""
 
     def __init__(self, rungs: list[int], reduction_factor: float, cohorts: Sequence[int], max_running: int, time_attr: str = EPOCH) -> None:
         super().__init__()
@@ -322,6 +325,8 @@ class SuccessiveHalving(FIFOScheduler):
         self._waiting: set[str] = set()  # paused at a rung, undecided
         self._left: dict[str, int] = {}  # trial id -> the rung it waited at, undecided, when it ended
         self._promoted: set[str] = set()  # paused, to be started again
+        self._held: list[str] = []  # a resumed sweep's unfinished trials, paused, to be started again as slots free
+        self._restored = False  # held trials added, their rungs not yet looked at
         self._ended: set[str] = set()
 
     _supports_buffered_results = False  # a result at a rung must pause the trial before the next epoch's
@@ -368,6 +373,35 @@ class SuccessiveHalving(FIFOScheduler):
             if level:
                 self._scores[tid][level] = self._score(result)
             self._ended.add(tid)
+        elif getattr(trial, "status", None) == "PENDING" and (getattr(trial, "last_result", None) or {}).get(self._time_attr):
+            # A resumed sweep's unfinished trial, which Tune hands back pending and would start
+            # with all the others at once. It is held, paused, with its last result: one that
+            # waited at a rung waits there again, and is started again only if it goes on; the
+            # others are started again as slots free (choose_trial_to_run).
+            result = trial.last_result
+            epoch = result[self._time_attr]
+            level = self._reached(epoch)
+            self._passed[tid] = self._let_past(epoch)
+            if level:
+                self._scores[tid][level] = self._score(result)
+            if level > self._passed[tid]:
+                self._waiting.add(tid)
+            else:
+                self._held.append(tid)
+            trial.set_status("PAUSED")  # before Tune files the trial by its status
+            self._restored = True
+
+    def _resume(self, tune_controller) -> None:
+        """A resumed sweep's rungs, once its trials are all back: those its held trials decide
+        are decided, and a held trial certain to be among the best at its rung goes on."""
+        self._decide(tune_controller)
+        for tid in [t for t in self._cohort if t in self._waiting]:
+            level = self._rungs_reached(tid)
+            if self._decided.get(self._cohort[tid], 0) == level - 1 and self._certain(tid, level):
+                self._waiting.discard(tid)
+                self._passed[tid] = level
+                self._promoted.add(tid)
+        self._decide(tune_controller)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         tid = trial.trial_id
@@ -508,12 +542,21 @@ class SuccessiveHalving(FIFOScheduler):
         return len(before) >= self._cohort_sizes[cohort - 1] and all(t in self._ended or self._passed[t] >= last for t in before)
 
     def choose_trial_to_run(self, tune_controller):
+        if self._restored:
+            self._restored = False
+            self._resume(tune_controller)
         trials = tune_controller.get_trials()
         if sum(t.status == "RUNNING" for t in trials) >= self._max_running:
             return None
         for trial in trials:
             if trial.status == "PENDING":
                 return trial
+        # None pending (Tune makes the chosen trial pending at once): so one at a time, and never
+        # more than the free slots.
+        for tid in list(self._held):
+            self._held.remove(tid)
+            if tid not in self._ended and self._trials[tid].status == "PAUSED":
+                return self._trials[tid]
         for trial in trials:
             if trial.status == "PAUSED" and trial.trial_id in self._promoted:
                 return trial

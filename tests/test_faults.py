@@ -158,13 +158,14 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path, mlfl
 
 def test_successive_halving_interrupted_at_its_rung_resumes_and_decides_it(local_ray, tmp_path, mlflow_uri):
     """Ctrl+C while trials of a ``sha`` sweep wait, paused, at the first rung: Tune saves them as
-    unfinished, and ``--resume`` starts them again (pending: the rebuilt scheduler knows no
-    rung yet), each from its checkpoint, which reports the rung's epoch again and waits there.
+    unfinished, and ``--resume`` hands them back pending. The rebuilt scheduler holds them,
+    paused, at the rung with their last results, and starts the trials that had not reached it.
     The rung is then decided as an uninterrupted sweep decides it: the best goes on to the last
-    epoch, the others stop at the rung; every epoch logged once, Optuna told each once."""
+    epoch (started again from its checkpoint), the others stop at the rung, those that waited
+    there without being started again; every epoch logged once, Optuna told each once."""
     space = write_space(tmp_path, "sha_resumed", {"optim.lr": {"type": "loguniform", "low": 1e-8, "high": 1e-2}},
                         {"num_samples": 3, "scheduler": "sha", "grace_period": 1, "reduction_factor": 3,
-                         "points_to_evaluate": [{"optim.lr": 2e-3}, {"optim.lr": 1e-8}, {"optim.lr": 5e-3}]},
+                         "points_to_evaluate": [{"optim.lr": 2e-3}, {"optim.lr": 5e-3}, {"optim.lr": 1e-8}]},
                         base={"train": {"epochs": 2, "batch_size": 32}})
     common = ["--tracking-uri", mlflow_uri, "--storage-path", str(tmp_path / "sweeps"), "--address", local_ray.get_runtime_context().gcs_address]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -184,6 +185,9 @@ def test_successive_halving_interrupted_at_its_rung_resumes_and_decides_it(local
         by_status.setdefault(t.status, []).append(t)
     (kept,), stopped = by_status["completed"], by_status["stopped"]
     assert kept.epochs == 2 and len(stopped) == 2 and all(t.epochs == 1 for t in stopped)
+    for t in stopped:  # one report, over both runs: a trial that waited at the rung was not started again only to be stopped
+        (results,) = sweep_dir.glob(f"tune/*{t.trial_id}*/result.json")
+        assert len(results.read_text().splitlines()) == 1, (t.trial_id, before)
     runs = children(client, "sha_resumed")
     assert len(runs) == 3
     logged = {r.data.tags["lejepa_tune.trial_id"]: epochs_logged(client, r.info.run_id) for r in runs}

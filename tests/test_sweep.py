@@ -134,9 +134,12 @@ def test_the_scheduler_and_the_concurrency_follow_the_spec():
     assert _concurrency(half, {"CPU": 8, "GPU": 1}) == 2
 
 
-class Trial:  # what ASHA reads of a Tune trial
+class Trial:  # what the schedulers read of a Tune trial, and set
     def __init__(self, trial_id: str) -> None:
         self.trial_id = trial_id
+
+    def set_status(self, status: str) -> None:
+        self.status = status
 
 
 def test_asha_stops_trials_at_its_rungs_but_never_at_the_last_epoch():
@@ -300,6 +303,61 @@ def test_a_trial_certain_to_be_among_the_best_at_a_rung_goes_on_without_waiting(
     assert [report(name, 1) for name in "ecd"] == ["NOOP", "NOOP", "CONTINUE"]
     assert controller.stopped == [] and sha.choose_trial_to_run(controller) is None  # d trains
     assert report("d", 2) == "NOOP" and sha.choose_trial_to_run(controller) in (trials["c"], trials["e"])  # e and c go on too
+
+
+def test_a_resumed_sweeps_unfinished_trials_are_held_and_started_again_one_free_slot_at_a_time():
+    """A resumed sweep: Tune hands every unfinished trial back pending, and would start them all
+    at once, whatever the limit. The scheduler holds each, paused, with its last result: one that
+    waited at a rung waits there again and is started again only if it goes on (the ones the rung
+    stops are never started again); one that had gone past its rung is started again when a slot
+    is free, one at a time. A trial that never reported is pending, as a new one."""
+
+    def resumed(epochs: int, grace: int, trials: dict[str, tuple[str, dict]]) -> tuple[SuccessiveHalving, _Controller, dict[str, Trial]]:
+        spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": epochs}},
+                                     "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": grace, "reduction_factor": 2, "max_concurrent_trials": 1}})
+        sha, controller = _scheduler(spec), _Controller()
+        sha.set_search_properties(OBJECTIVE, "max")
+        controller.scheduler = sha
+        handed = {name: Trial(name) for name in trials}
+        for name, (status, last_result) in trials.items():
+            handed[name].status, handed[name].last_result = status, last_result
+            controller.trials.append(handed[name])
+            sha.on_trial_add(controller, handed[name])
+        return sha, controller, handed
+
+    # 4 epochs, rungs at 1 and 2: three trials waited at the first rung, one had not reported.
+    sha, controller, trials = resumed(4, 1, {"a": ("PENDING", {EPOCH: 1, OBJECTIVE: 1.0}), "b": ("PENDING", {EPOCH: 1, OBJECTIVE: 3.0}),
+                                             "c": ("PENDING", {EPOCH: 1, OBJECTIVE: 2.0}), "d": ("PENDING", {})})
+    assert [t.status for t in trials.values()] == ["PAUSED", "PAUSED", "PAUSED", "PENDING"] and sha.waiting() == {"a", "b", "c"}
+    assert sha.choose_trial_to_run(controller) is trials["d"]
+    trials["d"].status = "RUNNING"
+    assert sha.choose_trial_to_run(controller) is None
+    assert sha.on_trial_result(controller, trials["d"], {EPOCH: 1, OBJECTIVE: 0.5}) == "NOOP"  # the last at the rung
+    assert controller.stopped == ["a", "d"] and controller.paused == ["d"]  # b and c go on; a never started again
+    assert sha.choose_trial_to_run(controller) in (trials["b"], trials["c"])
+
+    # Interrupted later: c waiting at the second rung, b past it (it had gone on at once there)
+    # at epoch 3. The rung is decided as the sweep is resumed (b was the one of two to go on):
+    # c is stopped without being started again, and b is started again.
+    sha, controller, trials = resumed(4, 1, {"a": ("TERMINATED", {EPOCH: 1, OBJECTIVE: 1.0}), "b": ("PENDING", {EPOCH: 3, OBJECTIVE: 5.0}),
+                                             "c": ("PENDING", {EPOCH: 2, OBJECTIVE: 2.0}), "d": ("TERMINATED", {EPOCH: 1, OBJECTIVE: 0.5})})
+    assert [t.status for t in trials.values()] == ["TERMINATED", "PAUSED", "PAUSED", "TERMINATED"] and sha.waiting() == {"c"}
+    assert sha.choose_trial_to_run(controller) is trials["b"] and controller.stopped == ["c"]
+    assert sha.on_trial_result(controller, trials["b"], {EPOCH: 3, OBJECTIVE: 5.0}) == "CONTINUE"
+
+    # 8 epochs, rungs at 2 and 4: the two trials the first rung let past it were training (on a
+    # bigger cluster) when the sweep was interrupted; resumed with one slot, they are started
+    # again one at a time.
+    sha, controller, trials = resumed(8, 2, {"a": ("TERMINATED", {EPOCH: 2, OBJECTIVE: 1.0}), "b": ("PENDING", {EPOCH: 3, OBJECTIVE: 5.0}),
+                                             "c": ("PENDING", {EPOCH: 3, OBJECTIVE: 6.0}), "d": ("TERMINATED", {EPOCH: 2, OBJECTIVE: 0.5})})
+    assert sha.waiting() == set() and sha.choose_trial_to_run(controller) is trials["b"]
+    trials["b"].status = "PENDING"  # as Tune marks the chosen trial while its processes start
+    assert sha.choose_trial_to_run(controller) is trials["b"]  # not c as well
+    trials["b"].status = "RUNNING"
+    assert sha.choose_trial_to_run(controller) is None
+    assert sha.on_trial_result(controller, trials["b"], {EPOCH: 3, OBJECTIVE: 5.0}) == "CONTINUE"  # its checkpoint's epoch again
+    assert sha.on_trial_result(controller, trials["b"], {EPOCH: 4, OBJECTIVE: 5.0}) == "NOOP"  # waits for c at the rung
+    assert sha.choose_trial_to_run(controller) is trials["c"] and controller.stopped == []
 
 
 def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a_new_one(tmp_path):
