@@ -360,7 +360,7 @@ class SuccessiveHalving(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial) -> None:
         tid = trial.trial_id
         self._trials[tid] = trial
-        self._cohort.setdefault(tid, self._cohort_at(len(self._cohort)))
+        self._cohort.setdefault(tid, self._cohort_at(self._created(trial, default=len(self._cohort))))
         self._passed.setdefault(tid, 0)
         self._scores.setdefault(tid, {})
         if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
@@ -390,6 +390,14 @@ class SuccessiveHalving(FIFOScheduler):
                 self._held.append(tid)
             trial.set_status("PAUSED")  # before Tune files the trial by its status
             self._restored = True
+
+    @staticmethod
+    def _created(trial, default: int) -> int:
+        """The trial's place among the sweep's trials, counting from 0, from the tag Tune's search
+        gives it (its count, from 1, first): a resumed sweep's trials come back to the scheduler
+        latest result first, not in the order they were created. ``default`` without one."""
+        head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+        return int(head) - 1 if head.isdigit() else default
 
     def _resume(self, tune_controller) -> None:
         """A resumed sweep's rungs, once its trials are all back: those its held trials decide

@@ -312,15 +312,16 @@ def test_a_resumed_sweeps_unfinished_trials_are_held_and_started_again_one_free_
     stops are never started again); one that had gone past its rung is started again when a slot
     is free, one at a time. A trial that never reported is pending, as a new one."""
 
-    def resumed(epochs: int, grace: int, trials: dict[str, tuple[str, dict]]) -> tuple[SuccessiveHalving, _Controller, dict[str, Trial]]:
+    def resumed(epochs: int, grace: int, trials: dict[str, tuple[str, dict]], cohorts: int = 1) -> tuple[SuccessiveHalving, _Controller, dict[str, Trial]]:
         spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": epochs}},
-                                     "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": grace, "reduction_factor": 2, "max_concurrent_trials": 1}})
+                                     "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": grace, "reduction_factor": 2, "max_concurrent_trials": 1, "cohorts": cohorts}})
         sha, controller = _scheduler(spec), _Controller()
         sha.set_search_properties(OBJECTIVE, "max")
         controller.scheduler = sha
         handed = {name: Trial(name) for name in trials}
         for name, (status, last_result) in trials.items():
             handed[name].status, handed[name].last_result = status, last_result
+            handed[name].experiment_tag = f"{'abcd'.index(name) + 1}_optim.lr=0.001"  # Tune's: the trial's count, first
             controller.trials.append(handed[name])
             sha.on_trial_add(controller, handed[name])
         return sha, controller, handed
@@ -358,6 +359,13 @@ def test_a_resumed_sweeps_unfinished_trials_are_held_and_started_again_one_free_
     assert sha.on_trial_result(controller, trials["b"], {EPOCH: 3, OBJECTIVE: 5.0}) == "CONTINUE"  # its checkpoint's epoch again
     assert sha.on_trial_result(controller, trials["b"], {EPOCH: 4, OBJECTIVE: 5.0}) == "NOOP"  # waits for c at the rung
     assert sha.choose_trial_to_run(controller) is trials["c"] and controller.stopped == []
+
+    # Two cohorts, a and b, then c and d; handed back latest result first, as Tune does. c waits
+    # at the first rung for d (not yet reported), in its own cohort; counted in a and b's, it
+    # would have been stopped there at once (a went past that rung).
+    sha, controller, trials = resumed(4, 1, {"c": ("PENDING", {EPOCH: 1, OBJECTIVE: 2.0}), "a": ("TERMINATED", {EPOCH: 4, OBJECTIVE: 1.0}),
+                                             "b": ("TERMINATED", {EPOCH: 1, OBJECTIVE: 0.5}), "d": ("PENDING", {})}, cohorts=2)
+    assert sha.choose_trial_to_run(controller) is trials["d"] and controller.stopped == [] and sha.waiting() == {"c"}
 
 
 def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a_new_one(tmp_path):
