@@ -314,14 +314,14 @@ def test_a_resumed_sweeps_unfinished_trials_are_held_and_started_again_one_free_
 
     def resumed(epochs: int, grace: int, trials: dict[str, tuple[str, dict]], cohorts: int = 1) -> tuple[SuccessiveHalving, _Controller, dict[str, Trial]]:
         spec = sweep_spec_from_dict({"name": "s", "base": {"train": {"epochs": epochs}},
-                                     "tune": {"num_samples": 4, "scheduler": "sha", "grace_period": grace, "reduction_factor": 2, "max_concurrent_trials": 1, "cohorts": cohorts}})
+                                     "tune": {"num_samples": len(trials), "scheduler": "sha", "grace_period": grace, "reduction_factor": 2, "max_concurrent_trials": 1, "cohorts": cohorts}})
         sha, controller = _scheduler(spec), _Controller()
         sha.set_search_properties(OBJECTIVE, "max")
         controller.scheduler = sha
         handed = {name: Trial(name) for name in trials}
         for name, (status, last_result) in trials.items():
             handed[name].status, handed[name].last_result = status, last_result
-            handed[name].experiment_tag = f"{'abcd'.index(name) + 1}_optim.lr=0.001"  # Tune's: the trial's count, first
+            handed[name].experiment_tag = f"{ord(name) - ord('a') + 1}_optim.lr=0.001"  # Tune's: the trial's count, first
             controller.trials.append(handed[name])
             sha.on_trial_add(controller, handed[name])
         return sha, controller, handed
@@ -366,6 +366,15 @@ def test_a_resumed_sweeps_unfinished_trials_are_held_and_started_again_one_free_
     sha, controller, trials = resumed(4, 1, {"c": ("PENDING", {EPOCH: 1, OBJECTIVE: 2.0}), "a": ("TERMINATED", {EPOCH: 4, OBJECTIVE: 1.0}),
                                              "b": ("TERMINATED", {EPOCH: 1, OBJECTIVE: 0.5}), "d": ("PENDING", {})}, cohorts=2)
     assert sha.choose_trial_to_run(controller) is trials["d"] and controller.stopped == [] and sha.waiting() == {"c"}
+
+    # Six trials, five of them waited at the first rung, the sixth had not reported: e, the best
+    # of the five, is certain to go on whatever f scores, and goes on without waiting for f.
+    sha, controller, trials = resumed(4, 1, {**{name: ("PENDING", {EPOCH: 1, OBJECTIVE: value}) for name, value in zip("abcde", (1.0, 2.0, 3.0, 4.0, 5.0))},
+                                             "f": ("PENDING", {})})
+    assert sha.choose_trial_to_run(controller) is trials["f"] and sha.waiting() == set("abcd")
+    trials["f"].status = "TERMINATED"  # it failed before its first report
+    sha.on_trial_error(controller, trials["f"])
+    assert sha.choose_trial_to_run(controller) in (trials["e"], trials["d"]) and controller.stopped == ["c", "b", "a"]
 
 
 def test_under_successive_halving_a_trial_waiting_at_a_rung_leaves_its_slot_to_a_new_one(tmp_path):
