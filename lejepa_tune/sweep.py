@@ -319,6 +319,7 @@ class SuccessiveHalving(FIFOScheduler):
         self._mode = "max"
         self._trials: dict[str, Any] = {}
         self._cohort: dict[str, int] = {}  # trial id -> its cohort (in the order the trials were added)
+        self._order: dict[str, int] = {}  # trial id -> its place among the trials created (as added, without Tune's tag)
         self._passed: dict[str, int] = {}  # trial id -> how many rungs it has been let past
         self._scores: dict[str, dict[int, float]] = {}  # trial id -> {rung level: its score there}, for each rung it reached
         self._decided: dict[int, int] = {}  # cohort -> how many of its rungs are decided
@@ -360,7 +361,8 @@ class SuccessiveHalving(FIFOScheduler):
     def on_trial_add(self, tune_controller, trial) -> None:
         tid = trial.trial_id
         self._trials[tid] = trial
-        self._cohort.setdefault(tid, self._cohort_at(self._created(trial, default=len(self._cohort))))
+        self._order.setdefault(tid, self._created(trial, default=len(self._cohort)))
+        self._cohort.setdefault(tid, self._cohort_at(self._order[tid]))
         self._passed.setdefault(tid, 0)
         self._scores.setdefault(tid, {})
         if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
@@ -403,7 +405,7 @@ class SuccessiveHalving(FIFOScheduler):
         """A resumed sweep's rungs, once its trials are all back: those its held trials decide
         are decided, and a held trial certain to be among the best at its rung goes on."""
         self._decide(tune_controller)
-        for tid in [t for t in self._cohort if t in self._waiting]:
+        for tid in [t for t in sorted(self._cohort, key=self._order.__getitem__) if t in self._waiting]:
             level = self._rungs_reached(tid)
             if self._decided.get(self._cohort[tid], 0) == level - 1 and self._certain(tid, level):
                 self._waiting.discard(tid)
@@ -468,12 +470,13 @@ class SuccessiveHalving(FIFOScheduler):
         return len(self._cohort_sizes) - 1
 
     def _members(self, cohort: int) -> list[str]:
-        """The trials of ``cohort`` added so far, in the order they were added."""
-        return [t for t, c in self._cohort.items() if c == cohort]
+        """The trials of ``cohort`` added so far, in the order they were created (a resumed
+        sweep's trials come back in another)."""
+        return sorted((t for t, c in self._cohort.items() if c == cohort), key=self._order.__getitem__)
 
     def _field(self, cohort: int, level: int) -> tuple[list[str], list[str], int]:
         """The trials of ``cohort`` that reached the rung ``level``, those already let past it
-        and the others, best first (ties: the earlier added first, the sort being stable); and
+        and the others, best first (ties: the earlier created first, the sort being stable); and
         how many of the cohort's trials may still reach it (trials not yet added among them)."""
         members = self._members(cohort)
         reached = {t: self._rungs_reached(t) for t in members}

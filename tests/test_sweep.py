@@ -367,6 +367,12 @@ def test_a_resumed_sweeps_unfinished_trials_are_held_and_started_again_one_free_
                                              "b": ("TERMINATED", {EPOCH: 1, OBJECTIVE: 0.5}), "d": ("PENDING", {})}, cohorts=2)
     assert sha.choose_trial_to_run(controller) is trials["d"] and controller.stopped == [] and sha.waiting() == {"c"}
 
+    # A tie at the rung's edge (b and c): the earlier created goes on, as in the sweep before
+    # the interruption, whatever order the trials come back in.
+    sha, controller, trials = resumed(4, 1, {"c": ("PENDING", {EPOCH: 1, OBJECTIVE: 2.0}), "d": ("PENDING", {EPOCH: 1, OBJECTIVE: 3.0}),
+                                             "b": ("PENDING", {EPOCH: 1, OBJECTIVE: 2.0}), "a": ("PENDING", {EPOCH: 1, OBJECTIVE: 1.0})})
+    assert sha.choose_trial_to_run(controller) in (trials["b"], trials["d"]) and controller.stopped == ["c", "a"]
+
     # Six trials, five of them waited at the first rung, the sixth had not reported: e, the best
     # of the five, is certain to go on whatever f scores, and goes on without waiting for f.
     sha, controller, trials = resumed(4, 1, {**{name: ("PENDING", {EPOCH: 1, OBJECTIVE: value}) for name, value in zip("abcde", (1.0, 2.0, 3.0, 4.0, 5.0))},
