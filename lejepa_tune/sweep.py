@@ -365,33 +365,32 @@ class SuccessiveHalving(FIFOScheduler):
         self._cohort.setdefault(tid, self._cohort_at(self._order[tid]))
         self._passed.setdefault(tid, 0)
         self._scores.setdefault(tid, {})
-        if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial
-            # It counts at the rungs it reached, as it did before: stopped at the rung where its
-            # last result is, past the others.
-            result = getattr(trial, "last_result", None) or {}
-            epoch = result.get(self._time_attr, 0)
-            level = self._reached(epoch)
-            self._passed[tid] = self._let_past(epoch)
-            if level:
-                self._scores[tid][level] = self._score(result)
+        status, result = getattr(trial, "status", None), getattr(trial, "last_result", None) or {}
+        if status in ("TERMINATED", "ERROR"):  # a resumed sweep's ended trial: stopped at the rung where its last result is
+            self._count_last(tid, result)
             self._ended.add(tid)
-        elif getattr(trial, "status", None) == "PENDING" and (getattr(trial, "last_result", None) or {}).get(self._time_attr):
+        elif status == "PENDING" and result.get(self._time_attr):
             # A resumed sweep's unfinished trial, which Tune hands back pending and would start
             # with all the others at once. It is held, paused, with its last result: one that
             # waited at a rung waits there again, and is started again only if it goes on; the
             # others are started again as slots free (choose_trial_to_run).
-            result = trial.last_result
-            epoch = result[self._time_attr]
-            level = self._reached(epoch)
-            self._passed[tid] = self._let_past(epoch)
-            if level:
-                self._scores[tid][level] = self._score(result)
-            if level > self._passed[tid]:
+            if self._count_last(tid, result) > self._passed[tid]:
                 self._waiting.add(tid)
             else:
                 self._held.append(tid)
             trial.set_status("PAUSED")  # before Tune files the trial by its status
             self._restored = True
+
+    def _count_last(self, tid: str, result: Mapping[str, Any]) -> int:
+        """Counts a resumed sweep's trial at the rungs its last result reached, as before the
+        interruption: let past each but the one at its epoch, scored at the last. Returns how
+        many rungs it reached."""
+        epoch = result.get(self._time_attr, 0)
+        level = self._reached(epoch)
+        self._passed[tid] = self._let_past(epoch)
+        if level:
+            self._scores[tid][level] = self._score(result)
+        return level
 
     @staticmethod
     def _created(trial, default: int) -> int:
@@ -405,7 +404,7 @@ class SuccessiveHalving(FIFOScheduler):
         """A resumed sweep's rungs, once its trials are all back: those its held trials decide
         are decided, and a held trial certain to be among the best at its rung goes on."""
         self._decide(tune_controller)
-        for tid in [t for t in sorted(self._cohort, key=self._order.__getitem__) if t in self._waiting]:
+        for tid in sorted(self._waiting, key=self._order.__getitem__):
             level = self._rungs_reached(tid)
             if self._decided.get(self._cohort[tid], 0) == level - 1 and self._certain(tid, level):
                 self._waiting.discard(tid)
