@@ -119,7 +119,7 @@ class TuneSpec:
     # independently; with ASHA the fair comparison, as FIFO and ASHA then run the same trials).
     searcher: Literal["tpe", "random"] = "tpe"
     # ASHA (asynchronous successive halving), or sha: synchronous successive halving, where
-    # every trial waits at each rung for the others (sweep.SuccessiveHalving).
+    # every trial waits at each rung for the others (schedulers.SuccessiveHalving).
     scheduler: Literal["none", "asha", "sha"] = "none"
     # ASHA and sha: the minimum number of epochs before a trial may be stopped, and the halving rate.
     grace_period: int = field(default=1, metadata={"check": (lambda v: v > 0, "an integer > 0")})
@@ -147,7 +147,7 @@ class TuneSpec:
         """The epochs after which ASHA may stop a trial of ``epochs`` epochs: Ray Tune's
         rungs (``grace_period · reduction_factorᵏ``, a trial reaching ``m`` epochs being
         compared at the first epoch ≥ ``m``), without the last epoch, where a trial is left to
-        end by itself (``sweep.FinishingASHA``). Empty without a scheduler."""
+        end by itself (``schedulers.FinishingASHA``). Empty without a scheduler."""
         if self.scheduler == "none" or epochs < 1:
             return []
         grace = min(self.grace_period, epochs)

@@ -36,6 +36,22 @@ TINY_BASE = {
 }
 TINY = [f"{k}={json.dumps(v)}" for k, v in flatten_dict(TINY_BASE).items()]
 
+# A search space of every kind of distribution, 6 epochs, ASHA's first rung after 2, 2 workers a trial.
+SPACE = {
+    "name": "s",
+    "base": {"train": {"epochs": 6}},
+    "search": {
+        "loss.lam": {"type": "loguniform", "low": 0.01, "high": 0.5},
+        "optim.lr": {"type": "uniform", "low": 0.0005, "high": 0.005},
+        "model.proj_dim": {"type": "qint", "low": 16, "high": 64, "step": 16},
+        "views.n_global": {"type": "choice", "values": [2, 4]},
+        "eval.knn_k": {"type": "int", "low": 10, "high": 20},
+    },
+    "tune": {"scheduler": "asha", "grace_period": 2, "reduction_factor": 3},
+    "resources": {"num_workers": 2, "cpus_per_worker": 1},
+}
+
+
 
 def tiny_config(tmp_path: Path, *extra: str):
     """The tiny settings as a config, training into ``tmp_path/run``."""
