@@ -442,7 +442,12 @@ def run_sweep(
         )
         if resume is not None:
             # The callbacks come back with the experiment; the MLflow one re-attaches itself.
-            tuner = ray.tune.Tuner.restore(join_uri(sweep_dir, "tune"), trainable, resume_unfinished=True, resume_errored=False)
+            analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+            analysis_log.addFilter(_without_unreported_trials)
+            try:
+                tuner = ray.tune.Tuner.restore(join_uri(sweep_dir, "tune"), trainable, resume_unfinished=True, resume_errored=False)
+            finally:
+                analysis_log.removeFilter(_without_unreported_trials)
         else:
             tuner = _new_tuner(spec, sweep_dir, trainable, tracker, verbose)
     except BaseException:
@@ -487,6 +492,18 @@ def _without_tune_restore_hint(record: logging.LogRecord) -> bool:
     Tuner.restore(...)": a sweep restored that way would run without its MLflow runs, its Optuna
     study and its report. The command says what continues it (``lejepa-tune run --resume``)."""
     return not record.getMessage().startswith("Experiment has been interrupted")
+
+
+def _without_unreported_trials(record: logging.LogRecord) -> bool:
+    """Leaves out Tune's "Failed to fetch metrics for N trial(s)" as it restores a sweep, where
+    every trial it lists had no result file yet: a trial that had started but not reported when
+    the sweep stopped, which starts again like a new one. Tune reads those results so far for
+    ``Tuner.get_results`` before a run; the sweep's results come from the run that follows
+    (``Tuner.fit``). A failure of any other kind is kept."""
+    lines = record.getMessage().splitlines()
+    if not lines or not lines[0].startswith("Failed to fetch metrics for"):
+        return True
+    return not all(line.startswith("- ") and "FileNotFoundError(" in line and "were not found at" in line for line in lines[1:])
 
 
 class _NoticeInterrupt(Callback):

@@ -179,6 +179,9 @@ def test_successive_halving_interrupted_at_its_rung_resumes_and_decides_it(local
     resumed = subprocess.run([sys.executable, "-m", "lejepa_tune", "run", "--resume", str(sweep_dir), *common],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # Tune's warning of the trials it cannot read as it restores, which lists every trial started
+    # without a report before the interrupt (usually the third): no fault, left out.
+    assert "Failed to fetch metrics" not in resumed.stderr, resumed.stderr[-3000:]
     records = read_records(str(sweep_dir))
     by_status: dict[str, list] = {}
     for t in records.trials:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -487,3 +488,42 @@ def test_a_sigusr1_which_tune_takes_as_an_interruption_is_noticed_like_a_ctrl_c(
         sweep._INTERRUPTED.clear()
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_a_resumed_sweep_keeps_quiet_about_trials_that_had_not_reported_but_not_about_unreadable_results(tmp_path, caplog):
+    """Tune's restore reads every trial's results so far and warns of each it cannot read; a trial
+    that had started without reporting has no result file, which is no fault. Tune's own warning,
+    from its own code, for such a trial and for one whose result file is broken."""
+    from types import SimpleNamespace
+
+    from pyarrow.fs import LocalFileSystem
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    from lejepa_tune.sweep import _without_unreported_trials
+
+    class TuneTrial:  # what Tune reads of a trial there
+        def __init__(self, trial_dir: Path) -> None:
+            self.trial_id, self.last_result = trial_dir.name, {"trial_id": trial_dir.name}
+            self.storage = SimpleNamespace(trial_fs_path=str(trial_dir), storage_filesystem=LocalFileSystem())
+
+        def __str__(self) -> str:
+            return f"trial_driver_{self.trial_id}"
+
+    def tune_warning(*trial_dirs: Path) -> logging.LogRecord:
+        trials = [TuneTrial(d) for d in trial_dirs]
+        analysis = SimpleNamespace(trials=trials)
+        analysis._fetch_trial_dataframe = lambda trial: ExperimentAnalysis._fetch_trial_dataframe(analysis, trial)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ray.tune.analysis.experiment_analysis"):
+            ExperimentAnalysis._fetch_trial_dataframes(analysis)
+        (record,) = caplog.records
+        return record
+
+    unreported, another, broken = (tmp_path / n for n in ("a", "b", "c"))
+    for d in (unreported, another, broken):
+        d.mkdir()
+    (broken / "result.json").write_text("{not json\n")
+    assert not _without_unreported_trials(tune_warning(unreported))
+    assert not _without_unreported_trials(tune_warning(unreported, another))
+    assert _without_unreported_trials(tune_warning(unreported, broken))  # a broken file is still told
+    assert _without_unreported_trials(logging.makeLogRecord({"msg": "Experiment has been interrupted"}))
