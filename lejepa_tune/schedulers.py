@@ -3,7 +3,7 @@ carries (``metrics.EPOCH``), not Tune's ``training_iteration``.
 
 - :class:`FinishingASHA`: Ray Tune's ASHA, leaving a trial at its last epoch to end by itself.
 - :class:`SuccessiveHalving`: synchronous successive halving, in one cohort or several, each
-  trial waiting, paused, at every rung for the rest of its cohort; with :class:`_RungLimiter`,
+  trial waiting, paused, at every rung for the rest of its cohort; with :class:`RungLimiter`,
   the limit on concurrent trials that does not count the waiting ones.
 """
 
@@ -20,7 +20,7 @@ from .metrics import EPOCH
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinishingASHA", "SuccessiveHalving"]
+__all__ = ["FinishingASHA", "SuccessiveHalving", "RungLimiter", "NoSearch"]
 
 
 class FinishingASHA(ASHAScheduler):
@@ -53,7 +53,7 @@ class SuccessiveHalving(FIFOScheduler):
     The trials are halved in cohorts (``cohorts``: how many trials each holds, in the order they
     are added; one cohort of all ``num_samples`` by default), each on its own. A later cohort's
     trials are proposed only once the cohort before is down to its finishers, the trials that
-    train to the end (:meth:`may_add`, which :class:`_RungLimiter` asks): by then the searcher
+    train to the end (:meth:`may_add`, which :class:`RungLimiter` asks): by then the searcher
     has been told of every trial that cohort stopped, and its value at the rung where it stopped,
     and a searcher that learns (TPE) proposes the next cohort from them, as BOHB does.
 
@@ -68,7 +68,7 @@ class SuccessiveHalving(FIFOScheduler):
     the last trial to reach a rung goes on at once if it is among the best). Tune pauses a function trainable through a checkpoint of Tune's own,
     which these trials do not report: the trial is paused without one (its checkpoint is Ray
     Train's). At most ``max_running`` trials train at once: this scheduler starts no more
-    paused trials again, and its searcher's :class:`_RungLimiter` suggests no more new ones
+    paused trials again, and its searcher's :class:`RungLimiter` suggests no more new ones
     (Tune's concurrency limit would count the paused trials as running, and wait for them for
     ever).
 
@@ -346,7 +346,7 @@ class SuccessiveHalving(FIFOScheduler):
         return f"Synchronous successive halving: rungs at epochs {self._rungs}, {waiting} trial{'s' if waiting != 1 else ''} waiting at a rung."
 
 
-class _NoSearch(Searcher):
+class NoSearch(Searcher):
     """The searcher of a space that searches nothing: every trial trains the base config (Tune's
     own generator does this where no searcher is given)."""
 
@@ -357,7 +357,7 @@ class _NoSearch(Searcher):
         pass
 
 
-class _RungLimiter(ConcurrencyLimiter):
+class RungLimiter(ConcurrencyLimiter):
     """Tune's limit on concurrent trials, for synchronous successive halving: a trial that
     waits, paused, at a rung holds no resources and is not counted.
 

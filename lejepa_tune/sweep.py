@@ -46,12 +46,16 @@ from .config import ConfigError, config_to_dict
 from .data import DataSplits, as_tensors, build_datasets
 from .metrics import DIVERGED, EPOCH, REFERENCE_ACC
 from .records import SweepRecords, TrialRecord, join_uri, unreachable, write_records, write_text
-from .schedulers import FinishingASHA, SuccessiveHalving, _NoSearch, _RungLimiter
+from .schedulers import FinishingASHA, NoSearch, RungLimiter, SuccessiveHalving
 from .search_space import SweepSpec, TuneSpec, spec_to_dict, trial_config
 from .tracking import MLflowTrialCallback, SweepTracker, numeric_metrics, resolve_tracking_uri
 from .trial import checkpointed_metrics, resolve_resources, trial_driver, trial_output_dir
 
 logger = logging.getLogger(__name__)
+
+# A sweep saved before the schedulers had a module of their own names them here, by these names,
+# in its Tune experiment (which pickles the scheduler and the searcher): --resume finds them.
+_NoSearch, _RungLimiter = NoSearch, RungLimiter
 
 __all__ = ["new_sweep_dir", "run_sweep", "ray_address", "init_ray", "check_dashboard", "dashboard_hint", "FinishingASHA", "SuccessiveHalving", "SPEC_FILE", "orphaned_train_placement_groups", "free_orphaned_train_placement_groups"]
 
@@ -257,10 +261,10 @@ def _param_space(spec: SweepSpec) -> dict[str, Any]:
 
 def _search_algorithm(spec: SweepSpec, sweep_dir: str, scheduler: Any) -> Searcher | None:
     """The sweep's searcher (:func:`_searcher`); under synchronous successive halving, within
-    :class:`_RungLimiter` (Tune's ``max_concurrent_trials`` limits the others)."""
+    :class:`RungLimiter` (Tune's ``max_concurrent_trials`` limits the others)."""
     searcher = _searcher(spec, sweep_dir)
     if isinstance(scheduler, SuccessiveHalving):
-        return _RungLimiter(searcher or _NoSearch(), scheduler.max_running, scheduler)
+        return RungLimiter(searcher or NoSearch(), scheduler.max_running, scheduler)
     return searcher
 
 
@@ -660,7 +664,7 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
             scheduler=scheduler,
             num_samples=spec.tune.num_samples,
             # Synchronous successive halving limits the running trials itself (paused ones count
-            # as running for Tune's limit): its _RungLimiter.
+            # as running for Tune's limit): its RungLimiter.
             max_concurrent_trials=None if isinstance(scheduler, SuccessiveHalving) else _concurrency(spec, cluster),
         ),
         run_config=ray.tune.RunConfig(

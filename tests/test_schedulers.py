@@ -26,8 +26,8 @@ def test_a_sweep_saved_when_the_schedulers_lived_in_the_sweep_module_still_loads
     """A sweep's Tune experiment pickles its scheduler and searcher by module and name; those of a
     sweep saved before the schedulers had a module of their own name ``lejepa_tune.sweep``, and
     ``--resume`` must still find them there."""
-    for name in ("FinishingASHA", "SuccessiveHalving", "_RungLimiter", "_NoSearch"):
-        assert pickle.loads(f"clejepa_tune.sweep\n{name}\n.".encode()) is getattr(schedulers, name)
+    for then, now in (("FinishingASHA", "FinishingASHA"), ("SuccessiveHalving", "SuccessiveHalving"), ("_RungLimiter", "RungLimiter"), ("_NoSearch", "NoSearch")):
+        assert pickle.loads(f"clejepa_tune.sweep\n{then}\n.".encode()) is getattr(schedulers, now)
     assert sweep.SuccessiveHalving.__module__ == "lejepa_tune.schedulers"
 
 
