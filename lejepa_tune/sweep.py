@@ -7,7 +7,7 @@ into a validated config and starts a Ray Train run whose workers run
 :func:`lejepa_tune.train.train`; every epoch the workers ``ray.train.report`` the metrics (the
 same on every rank) and rank 0's checkpoint, which Ray uploads to the sweep's storage, the one
 copy there is; ``TuneReportCallback`` forwards the metrics to Tune, where the searcher, the
-scheduler (ASHA, optional) and the MLflow callback see every epoch. :func:`run_sweep` returns
+scheduler (``schedulers.py``: ASHA or synchronous successive halving, optional) and the MLflow callback see every epoch. :func:`run_sweep` returns
 the trials as :class:`~lejepa_tune.records.SweepRecords` and knows nothing of what is done
 with them.
 
