@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
 import optuna
+import pyarrow.fs
 import ray
 import ray.tune
 import yaml
@@ -510,6 +511,34 @@ def _without_unreported_trials(record: logging.LogRecord) -> bool:
     return not all(line.startswith("- ") and "FileNotFoundError(" in line and "were not found at" in line for line in lines[1:])
 
 
+class _ResultsKept:
+    """Tune's JSON and CSV loggers write a trial's results (``result.json``, ``progress.csv``) in
+    a staging directory of the driver's Ray session, and copy them to the sweep's storage. A
+    resumed sweep's driver has a new session: a trial started again there begins a new file,
+    which then replaces the one in storage, and the results reported before the interruption
+    are lost from it. Tune copies the stored file back first only for a trial with a checkpoint
+    of Tune's own, which these trials never report (theirs is Ray Train's, which resumes them).
+    Here it is copied back whenever the staging directory has none yet."""
+
+    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+        local = Path(trial.local_path, file_name)
+        if local.exists():  # this driver's own file, which it appends to
+            return
+        try:
+            pyarrow.fs.copy_files(Path(trial.storage.trial_fs_path, file_name).as_posix(), local.as_posix(),
+                                  source_filesystem=trial.storage.storage_filesystem)
+        except FileNotFoundError:  # a trial that had not reported
+            pass
+
+
+class _JsonLogger(_ResultsKept, JsonLoggerCallback):
+    pass
+
+
+class _CsvLogger(_ResultsKept, CSVLoggerCallback):
+    pass
+
+
 class _NoticeInterrupt(Callback):
     """Notes a Ctrl+C, or a SIGUSR1 (which Tune takes the same way). Tune ends a run gracefully
     on the first one (its state saved, its trials stopped, ``fit`` returning as usual) and says
@@ -651,7 +680,7 @@ def _new_tuner(spec: SweepSpec, sweep_dir: str, trainable: Any, tracker: SweepTr
     mlflow = MLflowTrialCallback(tracker, resolve_trial, checkpointed)
     optuna_url = _optuna_storage(sweep_dir)
     callbacks = [mlflow, *([_OptunaLink(optuna_url, spec.name, mlflow)] if optuna_url and spec.search else []), _NoticeInterrupt(),
-                 CSVLoggerCallback(), JsonLoggerCallback(), _FreeOrphanedWorkers()]
+                 _CsvLogger(), _JsonLogger(), _FreeOrphanedWorkers()]
     cluster = ray.cluster_resources()
     scheduler = _scheduler(spec, cluster)
     return ray.tune.Tuner(

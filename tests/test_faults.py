@@ -137,6 +137,12 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_work(tmp_path, mlfl
     assert sorted(r.data.tags["lejepa_tune.trial_id"] for r in kids) == sorted(t.trial_id for t in records.trials)
     for run in kids:
         assert run.info.status == "FINISHED" and epochs_logged(client, run.info.run_id) == [1, 2]
+    # Tune's own result file of every trial holds its reports from before the kill too (the
+    # resumed driver's Ray is a new one, where a trial started again begins a new file).
+    for trial in records.trials:
+        (result,) = sweep_dir.glob(f"tune/*{trial.trial_id}*/result.json")
+        epochs = [json.loads(line)[EPOCH] for line in result.read_text().splitlines()]
+        assert epochs[0] == 1 and epochs == sorted(epochs) and set(epochs) == {1, 2}, (trial.trial_id, epochs)
     # Finished trials were not run again: nothing was written in their Ray Train runs since.
     for trial_id in finished_before:
         run_dir = sweep_dir / "train" / f"train-{trial_id}"

@@ -527,3 +527,49 @@ def test_a_resumed_sweep_keeps_quiet_about_trials_that_had_not_reported_but_not_
     assert not _without_unreported_trials(tune_warning(unreported, another))
     assert _without_unreported_trials(tune_warning(unreported, broken))  # a broken file is still told
     assert _without_unreported_trials(logging.makeLogRecord({"msg": "Experiment has been interrupted"}))
+
+
+def test_tunes_result_files_of_a_trial_started_again_by_a_resumed_sweep_keep_what_was_stored(tmp_path):
+    """A resumed sweep's driver stages a trial's ``result.json`` and ``progress.csv`` in a new
+    directory: the stored files are copied there first (a trial with none yet starts new ones),
+    and a driver's own staged file is appended to, not replaced. Tune's real loggers, on a
+    stand-in for a Tune trial (its two paths and its storage's filesystem)."""
+    from types import SimpleNamespace
+
+    from pyarrow.fs import LocalFileSystem
+
+    from lejepa_tune.sweep import _CsvLogger, _JsonLogger
+
+    stored, staged = tmp_path / "stored", tmp_path / "staged"
+    stored.mkdir()
+    (stored / "result.json").write_text('{"epoch": 1}\n')
+    (stored / "progress.csv").write_text("epoch\n1\n")
+    class TuneTrial:  # what Tune's loggers read of a trial
+        def __init__(self, local_path: Path) -> None:
+            self.local_path, self.config, self.checkpoint = str(local_path), {}, None  # no checkpoint of Tune's own, as a sweep's trial
+            self.storage = SimpleNamespace(trial_fs_path=str(stored), storage_filesystem=LocalFileSystem())
+            self.init_local_path()
+
+        def init_local_path(self) -> None:
+            Path(self.local_path).mkdir(exist_ok=True)
+
+    trial = TuneTrial(staged)
+    json_logger, csv_logger = _JsonLogger(), _CsvLogger()
+    json_logger.log_trial_start(trial)
+    json_logger.log_trial_result(1, trial, {"epoch": 2})
+    json_logger.log_trial_end(trial)
+    assert [json.loads(line)["epoch"] for line in (staged / "result.json").read_text().splitlines()] == [1, 2]
+    csv_logger.log_trial_result(1, trial, {"epoch": 2})
+    csv_logger.log_trial_end(trial)
+    assert (staged / "progress.csv").read_text().split() == ["epoch", "1", "2"]
+    json_logger.log_trial_start(trial)  # the same driver again (a trial paused, then started again)
+    json_logger.log_trial_result(1, trial, {"epoch": 3})
+    json_logger.log_trial_end(trial)
+    assert [json.loads(line)["epoch"] for line in (staged / "result.json").read_text().splitlines()] == [1, 2, 3]
+    # A trial with nothing stored starts new files.
+    (stored / "result.json").unlink()
+    fresh = TuneTrial(tmp_path / "new")
+    json_logger.log_trial_start(fresh)
+    json_logger.log_trial_result(1, fresh, {"epoch": 1})
+    json_logger.log_trial_end(fresh)
+    assert (tmp_path / "new" / "result.json").read_text().count("\n") == 1
