@@ -514,9 +514,9 @@ def _without_unreported_trials(record: logging.LogRecord) -> bool:
 class _ResultsKept:
     """Tune's JSON and CSV loggers write a trial's results (``result.json``, ``progress.csv``) in
     a staging directory of the driver's Ray session, and copy them to the sweep's storage. A
-    resumed sweep's driver has a new session: a trial started again there begins a new file,
-    which then replaces the one in storage, and the results reported before the interruption
-    are lost from it. Tune copies the stored file back first only for a trial with a checkpoint
+    resumed sweep's driver that started a Ray of its own has a new session: a trial started
+    again there begins a new file, which then replaces the one in storage, and the results
+    reported before the interruption are lost from it. Tune copies the stored file back first only for a trial with a checkpoint
     of Tune's own, which these trials never report (theirs is Ray Train's, which resumes them).
     Here it is copied back whenever the staging directory has none yet."""
 

@@ -490,28 +490,41 @@ def test_a_sigusr1_which_tune_takes_as_an_interruption_is_noticed_like_a_ctrl_c(
             signal.signal(signum, handler)
 
 
+class TuneTrial:
+    """What Tune's analysis of results and its loggers read of a trial: its results stored in
+    ``stored`` (no checkpoint of Tune's own, as a sweep's trial), staged by the driver in
+    ``staged``."""
+
+    def __init__(self, stored: Path, staged: Path | None = None) -> None:
+        from types import SimpleNamespace
+
+        from pyarrow.fs import LocalFileSystem
+
+        self.trial_id, self.last_result, self.config, self.checkpoint = stored.name, {"trial_id": stored.name}, {}, None
+        self.storage = SimpleNamespace(trial_fs_path=str(stored), storage_filesystem=LocalFileSystem())
+        self.local_path = str(staged) if staged else None
+        if staged:
+            self.init_local_path()
+
+    def init_local_path(self) -> None:
+        Path(self.local_path).mkdir(exist_ok=True)
+
+    def __str__(self) -> str:
+        return f"trial_driver_{self.trial_id}"
+
+
 def test_a_resumed_sweep_keeps_quiet_about_trials_that_had_not_reported_but_not_about_unreadable_results(tmp_path, caplog):
     """Tune's restore reads every trial's results so far and warns of each it cannot read; a trial
     that had started without reporting has no result file, which is no fault. Tune's own warning,
     from its own code, for such a trial and for one whose result file is broken."""
     from types import SimpleNamespace
 
-    from pyarrow.fs import LocalFileSystem
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
 
     from lejepa_tune.sweep import _without_unreported_trials
 
-    class TuneTrial:  # what Tune reads of a trial there
-        def __init__(self, trial_dir: Path) -> None:
-            self.trial_id, self.last_result = trial_dir.name, {"trial_id": trial_dir.name}
-            self.storage = SimpleNamespace(trial_fs_path=str(trial_dir), storage_filesystem=LocalFileSystem())
-
-        def __str__(self) -> str:
-            return f"trial_driver_{self.trial_id}"
-
     def tune_warning(*trial_dirs: Path) -> logging.LogRecord:
-        trials = [TuneTrial(d) for d in trial_dirs]
-        analysis = SimpleNamespace(trials=trials)
+        analysis = SimpleNamespace(trials=[TuneTrial(d) for d in trial_dirs])
         analysis._fetch_trial_dataframe = lambda trial: ExperimentAnalysis._fetch_trial_dataframe(analysis, trial)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ray.tune.analysis.experiment_analysis"):
@@ -534,42 +547,32 @@ def test_tunes_result_files_of_a_trial_started_again_by_a_resumed_sweep_keep_wha
     directory: the stored files are copied there first (a trial with none yet starts new ones),
     and a driver's own staged file is appended to, not replaced. Tune's real loggers, on a
     stand-in for a Tune trial (its two paths and its storage's filesystem)."""
-    from types import SimpleNamespace
-
-    from pyarrow.fs import LocalFileSystem
-
     from lejepa_tune.sweep import _CsvLogger, _JsonLogger
+
+    def epochs(path: Path) -> list[int]:
+        return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
 
     stored, staged = tmp_path / "stored", tmp_path / "staged"
     stored.mkdir()
     (stored / "result.json").write_text('{"epoch": 1}\n')
     (stored / "progress.csv").write_text("epoch\n1\n")
-    class TuneTrial:  # what Tune's loggers read of a trial
-        def __init__(self, local_path: Path) -> None:
-            self.local_path, self.config, self.checkpoint = str(local_path), {}, None  # no checkpoint of Tune's own, as a sweep's trial
-            self.storage = SimpleNamespace(trial_fs_path=str(stored), storage_filesystem=LocalFileSystem())
-            self.init_local_path()
-
-        def init_local_path(self) -> None:
-            Path(self.local_path).mkdir(exist_ok=True)
-
-    trial = TuneTrial(staged)
+    trial = TuneTrial(stored, staged)
     json_logger, csv_logger = _JsonLogger(), _CsvLogger()
     json_logger.log_trial_start(trial)
     json_logger.log_trial_result(1, trial, {"epoch": 2})
     json_logger.log_trial_end(trial)
-    assert [json.loads(line)["epoch"] for line in (staged / "result.json").read_text().splitlines()] == [1, 2]
+    assert epochs(staged / "result.json") == [1, 2]
     csv_logger.log_trial_result(1, trial, {"epoch": 2})
     csv_logger.log_trial_end(trial)
     assert (staged / "progress.csv").read_text().split() == ["epoch", "1", "2"]
     json_logger.log_trial_start(trial)  # the same driver again (a trial paused, then started again)
     json_logger.log_trial_result(1, trial, {"epoch": 3})
     json_logger.log_trial_end(trial)
-    assert [json.loads(line)["epoch"] for line in (staged / "result.json").read_text().splitlines()] == [1, 2, 3]
+    assert epochs(staged / "result.json") == [1, 2, 3]
     # A trial with nothing stored starts new files.
     (stored / "result.json").unlink()
-    fresh = TuneTrial(tmp_path / "new")
+    fresh = TuneTrial(stored, tmp_path / "new")
     json_logger.log_trial_start(fresh)
     json_logger.log_trial_result(1, fresh, {"epoch": 1})
     json_logger.log_trial_end(fresh)
-    assert (tmp_path / "new" / "result.json").read_text().count("\n") == 1
+    assert epochs(tmp_path / "new" / "result.json") == [1]

@@ -1,7 +1,7 @@
 """What the tests share: one set of tiny training settings (a digits subset, a one-block ViT,
 few slices), as a base config, as ``--set`` overrides and as a config training into a test's
 directory, a sink that keeps every epoch's report, hand-made sweep records and Ray
-Train checkpoint directories, one run trained the way a trial's worker trains it, a search-space file over the tiny base, hand-made
+Train checkpoint directories, one run trained the way a trial's worker trains it, a search space of every kind of distribution and a search-space file over the tiny base, hand-made
 resamples with a near-tie, a copy of a tracking database, the figures a full report shows, the environment for an MLflow server, and a way to stop a server with everything it started.
 (Running a function on real gloo ranks: ``ranks.py``, which imports torch alone, so that the
 spawned processes start fast.)"""
@@ -50,7 +50,6 @@ SPACE = {
     "tune": {"scheduler": "asha", "grace_period": 2, "reduction_factor": 3},
     "resources": {"num_workers": 2, "cpus_per_worker": 1},
 }
-
 
 
 def tiny_config(tmp_path: Path, *extra: str):
