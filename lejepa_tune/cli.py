@@ -298,6 +298,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .metrics import DEVICE
     from .preflight import check_trainable, labelfree_width_note
     from .train import resolve_device, train
 
@@ -316,11 +317,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         note = labelfree_width_note(cfg)
         if note:
             print(f"warning: {source}: {note}", file=sys.stderr)
-        train(cfg, data=data)
+        final = train(cfg, data=data)
     except ValueError as err:  # a data or config mismatch (ConfigError too): batch > dataset...
         raise ConfigError(f"{source}: {err}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
-        print(f"done: outputs in {Path(cfg.train.output_dir).resolve()}")
+        print(f"done: outputs in {Path(cfg.train.output_dir).resolve()} (trained on {final[DEVICE]})")
     return 0
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "EPOCH_TIME",
     "LABELFREE_TIME",
     "STARTUP_TIME",
+    "DEVICE",
     "ONLINE_ACC",
     "LINEAR_ACC",
     "KNN_ACC",
@@ -71,6 +72,10 @@ LABELFREE_TIME = "time/labelfree_s"
 # From the start of the run (a sweep's trial, or the process) to its first training step
 # (that of the process, after a restart), reported with every epoch.
 STARTUP_TIME = "time/startup_s"
+# What trained the run (rank 0's device), with every epoch: "cuda: <GPU>", or "cpu (<kernels>):
+# <processor>", the instruction set PyTorch's CPU kernels use. On a CPU the same configuration and
+# seed train to the last bit alike on one machine, but into another encoder where the kernels differ.
+DEVICE = "system/device"
 
 # Labelled monitors and judges.
 ONLINE_ACC = "online/acc"  # the online probe on the validation split, every epoch

@@ -29,7 +29,7 @@ from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from ray.tune import Callback
 
 from .config import ConfigError, flatten_dict
-from .metrics import DIVERGED, EPOCH
+from .metrics import DEVICE, DIVERGED, EPOCH
 from .records import mask_uri, trial_label, unreachable
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "TRIAL_ID_TAG",
     "CHECKPOINT_TAG",
     "ERROR_TAG",
+    "DEVICE_TAG",
     "CHOSEN_TAG",
     "NEAR_TIE_TAG",
     "resolve_tracking_uri",
@@ -55,6 +56,7 @@ SWEEP_DIR_TAG = "lejepa_tune.sweep_dir"
 TRIAL_ID_TAG = "lejepa_tune.trial_id"
 CHECKPOINT_TAG = "lejepa_tune.checkpoint_uri"
 ERROR_TAG = "lejepa_tune.error"
+DEVICE_TAG = "lejepa_tune.device"  # what trained the trial: its reports' ``system/device``
 CHOSEN_TAG = "lejepa_tune.chosen"  # "true" on the run of the trial chosen without labels
 # On the run of each trial the label-free images do not separate from the choice (a near-tie):
 # the share of the paired resamples on which the choice's objective is the higher ("0.77").
@@ -338,6 +340,7 @@ class MLflowTrialCallback(Callback):
         self.logged: dict[str, set[int]] = {t: self._logged_steps(r) for t, r in self.run_ids.items()}
         self.last_results: dict[str, dict[str, Any]] = {}
         self.started: set[str] = set()  # trials started (or resumed) by this driver
+        self.device_tagged: set[str] = set()  # ... and those of them whose run has its device tag
         self.ended: set[str] = set()  # ... and those of them whose run it ended
 
     def __getstate__(self) -> dict[str, Any]:
@@ -363,6 +366,7 @@ class MLflowTrialCallback(Callback):
             self.tracker.client.update_run(self.run_ids[trial.trial_id], status="RUNNING")
         run_id = self._run_id(trial)
         self.started.add(trial.trial_id)
+        self.device_tagged.discard(trial.trial_id)  # started again: tagged again with its first report
         saved = self.checkpointed(trial.trial_id) if self.checkpointed is not None else None
         if saved is not None:
             self._log(run_id, trial.trial_id, saved)
@@ -371,6 +375,9 @@ class MLflowTrialCallback(Callback):
         run_id = self._run_id(trial)
         self.last_results[trial.trial_id] = dict(result)
         self._log(run_id, trial.trial_id, result)
+        if result.get(DEVICE) and trial.trial_id not in self.device_tagged:  # once a start: started again, it may train elsewhere
+            self.tracker.set_tag(run_id, DEVICE_TAG, str(result[DEVICE]))
+            self.device_tagged.add(trial.trial_id)
 
     def _log(self, run_id: str, trial_id: str, result: Mapping[str, Any]) -> None:
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))

@@ -14,9 +14,11 @@ so the epoch after a resume draws what it would have drawn without the interrupt
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
@@ -50,6 +52,7 @@ __all__ = [
     "epoch_batches",
     "stream_seed",
     "resolve_device",
+    "describe_device",
     "autocast_dtype",
     "init_distributed",
     "build_loss",
@@ -128,7 +131,7 @@ class LocalSink:
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.verbose:
-            shown = {k: v for k, v in metrics.items() if k not in (M.REFERENCE_CORRECT, M.OBJECTIVE_RESAMPLES)}
+            shown = {k: v for k, v in metrics.items() if k not in (M.REFERENCE_CORRECT, M.OBJECTIVE_RESAMPLES, M.DEVICE)}
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
 
     def progress(self, batches: Iterable, total: int, epoch: int) -> Iterable:
@@ -186,6 +189,26 @@ def resolve_device(preference: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
+def describe_device(device: torch.device) -> str:
+    """What trains on ``device``, as ``metrics.DEVICE`` reports it: the GPU's name, or the
+    instruction set of PyTorch's CPU kernels and the processor's name."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.backends.cpu.get_cpu_capability()}): {_processor_name()}"
+
+
+@functools.cache
+def _processor_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA, none (fp32) on CPU, where bf16 matmuls are many times slower."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
@@ -241,6 +264,10 @@ class _Run:
     stream: Stream | None = None
     # The decoded training split on the GPU (images, labels), when it fits: see _device_copy.
     on_device: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def device_name(self) -> str:
+        return describe_device(self.device)
 
 
 def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = None, data: DataSplits | None = None,
@@ -317,11 +344,12 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
         metrics[M.SCALED_LOSS] = M.scaled_loss(metrics[M.LOSS], cfg.loss.lam, cfg.labelfree.alpha)
         metrics.update({M.EPOCH: epoch + 1, M.LR: cfg.optim.lr * factor, M.EPOCH_TIME: time.perf_counter() - t0})
         metrics[M.STARTUP_TIME] = first_step_at - sink.started_at  # the same every epoch
+        metrics[M.DEVICE] = run.device_name
         metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
         _report(run, sink, _headline_first(metrics), epoch + 1, step, opt)
 
     if cfg.train.epochs == 0:  # the untrained baseline: measurements only
-        metrics = {M.EPOCH: 0, **_measure(run, last=True)}
+        metrics = {M.EPOCH: 0, M.DEVICE: run.device_name, **_measure(run, last=True)}
         _report(run, sink, metrics, 0, 0, opt)
 
     if created_group:

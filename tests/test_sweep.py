@@ -177,6 +177,7 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
         assert child.info.run_name.startswith("lam=")
         assert [m.step for m in client.get_metric_history(child.info.run_id, OBJECTIVE)] == [1]
         assert child.data.params["train.output_dir"].endswith(f"train-{tid}")
+        assert child.data.tags["lejepa_tune.device"].startswith("cpu (")  # what trained it
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {a.path for a in client.list_artifacts(parent.info.run_id, "selection")}
     assert {"records.json", "selection/report.html"} <= artifacts
 

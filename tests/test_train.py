@@ -16,8 +16,8 @@ import torch
 from lejepa_tune.cli import main
 from lejepa_tune.config import load_config
 from lejepa_tune.models import build_model
-from lejepa_tune.metrics import OBJECTIVE, OBJECTIVE_RESAMPLES, REFERENCE_ACC, unpack_bits, unpack_floats
-from lejepa_tune.train import TrainingDiverged, autocast_dtype, epoch_batches, lr_factor, resolve_device, train
+from lejepa_tune.metrics import DEVICE, OBJECTIVE, OBJECTIVE_RESAMPLES, REFERENCE_ACC, unpack_bits, unpack_floats
+from lejepa_tune.train import TrainingDiverged, autocast_dtype, describe_device, epoch_batches, lr_factor, resolve_device, train
 from ranks import free_port
 from tiny import TINY, Recorder, tiny_config
 
@@ -52,6 +52,15 @@ def test_precision_is_chosen_per_device():
             resolve_device("cuda")
 
 
+def test_a_run_names_what_trained_it():
+    """On a CPU: the instruction set of PyTorch's kernels (the same configuration trains into
+    another encoder where it differs) and the processor; on a GPU, its name."""
+    cpu = describe_device(torch.device("cpu"))
+    assert cpu.startswith(f"cpu ({torch.backends.cpu.get_cpu_capability()}): ") and len(cpu) > len("cpu (X): ")
+    if torch.cuda.is_available():
+        assert describe_device(torch.device("cuda", 0)) == f"cuda: {torch.cuda.get_device_name(0)}"
+
+
 def test_epoch_batches_are_the_global_batch_split_over_ranks():
     whole = epoch_batches(100, 32, world=1, rank=0, seed=0, epoch=3)
     assert whole.shape == (3, 32)  # the incomplete last batch is dropped
@@ -74,6 +83,7 @@ def test_tiny_run_reports_every_epoch_and_saves_a_loadable_encoder(tmp_path):
             assert math.isfinite(m[key]), key
         assert m["train/loss"] == pytest.approx((1 - cfg.loss.lam) * m["train/inv"] + cfg.loss.lam * m["train/sigreg"], rel=1e-6)
         assert m["time/labelfree_s"] > 0
+        assert m[DEVICE] == describe_device(torch.device("cpu"))  # what trained it, every epoch
     assert REFERENCE_ACC not in sink.reports[0]  # the labelled evaluation runs once, at the end
     for key in ("eval/linear_acc", "eval/knn_acc", REFERENCE_ACC):
         assert 0 <= final[key] <= 1
@@ -97,6 +107,7 @@ def test_zero_epochs_evaluates_the_untrained_model(tmp_path):
     final = train(cfg, sink)
     assert len(sink.reports) == 1 and final["epoch"] == 0
     assert 0.0 < final[REFERENCE_ACC] <= 1.0 and "train/loss" not in final and OBJECTIVE in final
+    assert final[DEVICE].startswith("cpu (")
     assert OBJECTIVE_RESAMPLES in final
     unsampled = tiny_config(tmp_path / "none", "train.epochs=0", "labelfree.resamples=0")
     assert OBJECTIVE_RESAMPLES not in train(unsampled, Recorder(unsampled))
@@ -137,6 +148,8 @@ def test_torchrun_two_gloo_processes_compute_what_one_process_computes(tmp_path)
            "-m", "lejepa_tune", "train", *common, "--output-dir", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (done,) = [line for line in proc.stdout.splitlines() if line.startswith("done: ")]  # rank 0's, once
+    assert done == f"done: outputs in {tmp_path / 'ddp'} (trained on {describe_device(torch.device('cpu'))})"
     # The one process: the same command in this one (no fresh interpreter to import torch again).
     assert main(["train", *common, "--output-dir", str(tmp_path / "one")]) == 0
     ddp, one = (json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0]) for d in ("ddp", "one"))
