@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import pyarrow.fs
 
-from .metrics import OBJECTIVE_RESAMPLES, REFERENCE_CORRECT
+from .metrics import DEVICE, OBJECTIVE_RESAMPLES, REFERENCE_CORRECT
 
 __all__ = [
     "RECORDS_FILE",
@@ -79,6 +79,11 @@ class TrialRecord:
     @property
     def objective_resamples(self) -> str | None:
         return self.details.get(OBJECTIVE_RESAMPLES)
+
+    @property
+    def device(self) -> str | None:
+        """What trained it (``system/device``), when its reports said."""
+        return self.details.get(DEVICE)
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
     """The report's figures as PNG bytes, by name (those that have something to show)."""
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     records, sel = analysis.records, analysis.selection
     done = _completed(records)
@@ -218,7 +219,7 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
 
     # The search over time: the objective of each trial in the order Tune started them.
     crit = sel.default
-    series = [(i, sel.values[crit].get(t.trial_id, math.nan), t.status) for i, t in enumerate(records.trials)]
+    series = [(i, sel.values[crit].get(t.trial_id, math.nan), t.status) for i, t in enumerate(records.trials, start=1)]
     if any(math.isfinite(v) for _, v, _ in series):
         fig = Figure(figsize=(6.4, 3.6), layout="constrained")
         ax = fig.add_subplot()
@@ -229,6 +230,7 @@ def plot_pngs(analysis: SweepAnalysis) -> dict[str, bytes]:
                 ax.scatter(*zip(*pts), color=colour[status], s=30, label=status, zorder=2)
         ax.step(*zip(*best_completed_so_far(series, sel.modes[crit])), where="post", color="black", alpha=0.6, label="best completed so far")
         ax.set_xlabel("trial (in the order the search proposed them)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted: 1, 2, ..., never 0.5
         ax.set_ylabel(crit)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -418,6 +420,8 @@ def write_html(analysis: SweepAnalysis, path: str | Path, pngs: dict[str, bytes]
     ]
     trial_classes = ["pick" if t.trial_id == sel.choice else "tie" if t.trial_id in sel.near_ties else "" for t in ranked]
     marks = "The choice is shaded green" + (", its near-ties amber: where a few labels can be had, probe them" if sel.near_ties else "")
+    devices = sorted({t.device for t in records.trials if t.device})  # on a CPU, other kernels train other encoders
+    trained = f" Trained on {'; '.join(devices)}." if devices else ""
     figures = {
         "criteria": "Each criterion against the reference accuracy (one point per completed trial, coloured by λ; the criterion's pick circled in red)",
         "accuracy_vs_lambda": "Reference accuracy against λ, on a log axis",
@@ -440,7 +444,7 @@ batch size and views; regret is the accuracy lost by the criterion's pick, in po
 {_html_table(["criterion", "mode", "valid", "n", "spearman", "95% CI", "kendall", "within", "regret (points)", "top3", "pick"], crit_rows, crit_classes)}
 {images}
 <h2>Trials</h2>
-<p class="note">{esc(records.summary())}, best {esc(sel.default)} first. {esc(marks)}.</p>
+<p class="note">{esc(records.summary())}, best {esc(sel.default)} first. {esc(marks)}.{esc(trained)}</p>
 {_html_table(["trial", "status", *(short_name(k) for k in searched), sel.default, "reference acc", "linear acc", "epochs"], trial_rows, trial_classes, left=2)}
 </body>
 </html>

@@ -7,12 +7,14 @@ import base64
 import csv
 import io
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lejepa_tune.analysis import analyse
+from lejepa_tune.metrics import DEVICE
 from lejepa_tune.report import best_completed_so_far, format_selection, format_table, format_trials_table, write_report
 from tiny import REPORT_FIGURES, synthetic_records, with_near_tie
 
@@ -52,6 +54,17 @@ def test_the_near_ties_are_marked_beside_the_choice_in_the_terminal_and_on_the_p
     assert re.findall(r'<tr class="(\w+)"><td class="l">(\w+)</td>', trials) == [("pick", a.choice), ("tie", tie)]
     assert "its near-ties amber: where a few labels can be had, probe them." in trials
     assert "near-ties amber" not in write_report(analyse(synthetic_records(), n_boot=20), tmp_path / "none")["html"].read_text()
+
+
+def test_the_page_says_what_trained_the_trials(tmp_path):
+    """From the trials' ``system/device``: on a CPU, other kernels train the same configuration
+    into another encoder, so the page names them (each once); a sweep without them says nothing."""
+    records = synthetic_records()
+    where = ["cpu (AVX512): Processor A" if i % 3 else "cpu (AVX2): Processor B" for i in range(len(records.trials))]
+    trials = tuple(replace(t, details={**t.details, DEVICE: w}) for t, w in zip(records.trials, where))
+    page = write_report(analyse(replace(records, trials=trials), n_boot=20), tmp_path)["html"].read_text()
+    assert "Trained on cpu (AVX2): Processor B; cpu (AVX512): Processor A.</p>" in page[page.index("<h2>Trials</h2>"):]
+    assert "Trained on" not in write_report(analyse(records, n_boot=20), tmp_path / "none")["html"].read_text()
 
 
 def test_selection_summary_names_the_choice_the_reference_and_the_ceiling(synthetic_report):

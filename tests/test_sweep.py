@@ -158,6 +158,8 @@ def test_the_run_command_sweeps_analyses_reports_and_tracks(local_ray, tmp_path,
     for t in records.trials:
         assert t.metrics[REFERENCE_ACC] > 0 and t.reference_correct and t.checkpoint.startswith(str(sweep_dir / "train"))
         assert unpack_floats(t.objective_resamples).shape == (200,)  # the choice's near-ties are told from these
+        assert t.device.startswith("cpu (")  # what trained it, said on the report's page
+    assert f"Trained on {records.trials[0].device}." in (sweep_dir / "report" / "report.html").read_text()
 
     # The choice is the best objective, printed, and marked in MLflow.
     choice = max(records.trials, key=lambda t: t.metrics[OBJECTIVE])
