@@ -321,7 +321,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ValueError as err:  # a data or config mismatch (ConfigError too): batch > dataset...
         raise ConfigError(f"{source}: {err}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
-        print(f"done: outputs in {Path(cfg.train.output_dir).resolve()} (trained on {final[DEVICE]})")
+        on = f" (trained on {final[DEVICE]})" if final.get(DEVICE) else ""  # none: resumed past its last epoch, from an older checkpoint
+        print(f"done: outputs in {Path(cfg.train.output_dir).resolve()}{on}")
     return 0
 
 

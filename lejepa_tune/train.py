@@ -265,10 +265,6 @@ class _Run:
     # The decoded training split on the GPU (images, labels), when it fits: see _device_copy.
     on_device: tuple[Tensor, Tensor] | None = None
 
-    @property
-    def device_name(self) -> str:
-        return describe_device(self.device)
-
 
 def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = None, data: DataSplits | None = None,
           stream: Stream | None = None) -> dict[str, float | str]:
@@ -344,12 +340,12 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
         metrics[M.SCALED_LOSS] = M.scaled_loss(metrics[M.LOSS], cfg.loss.lam, cfg.labelfree.alpha)
         metrics.update({M.EPOCH: epoch + 1, M.LR: cfg.optim.lr * factor, M.EPOCH_TIME: time.perf_counter() - t0})
         metrics[M.STARTUP_TIME] = first_step_at - sink.started_at  # the same every epoch
-        metrics[M.DEVICE] = run.device_name
+        metrics[M.DEVICE] = describe_device(device)
         metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
         _report(run, sink, _headline_first(metrics), epoch + 1, step, opt)
 
     if cfg.train.epochs == 0:  # the untrained baseline: measurements only
-        metrics = {M.EPOCH: 0, M.DEVICE: run.device_name, **_measure(run, last=True)}
+        metrics = {M.EPOCH: 0, M.DEVICE: describe_device(device), **_measure(run, last=True)}
         _report(run, sink, metrics, 0, 0, opt)
 
     if created_group:
