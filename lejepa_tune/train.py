@@ -280,6 +280,7 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
     if device.type == "cuda":
         torch.cuda.set_device(device)  # the device NCCL collectives of this process use
     rank, world, created_group = init_distributed(device)
+    where = describe_device(device)  # reported with every epoch
     sink = sink or LocalSink(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     splits = data or build_datasets(cfg.data)
@@ -340,12 +341,12 @@ def train(cfg: Config, sink: Sink | None = None, device: torch.device | None = N
         metrics[M.SCALED_LOSS] = M.scaled_loss(metrics[M.LOSS], cfg.loss.lam, cfg.labelfree.alpha)
         metrics.update({M.EPOCH: epoch + 1, M.LR: cfg.optim.lr * factor, M.EPOCH_TIME: time.perf_counter() - t0})
         metrics[M.STARTUP_TIME] = first_step_at - sink.started_at  # the same every epoch
-        metrics[M.DEVICE] = describe_device(device)
+        metrics[M.DEVICE] = where
         metrics.update(_measure(run, last=epoch + 1 == cfg.train.epochs))
         _report(run, sink, _headline_first(metrics), epoch + 1, step, opt)
 
     if cfg.train.epochs == 0:  # the untrained baseline: measurements only
-        metrics = {M.EPOCH: 0, M.DEVICE: describe_device(device), **_measure(run, last=True)}
+        metrics = {M.EPOCH: 0, M.DEVICE: where, **_measure(run, last=True)}
         _report(run, sink, metrics, 0, 0, opt)
 
     if created_group:
